@@ -46,6 +46,8 @@ class ReIDDataset:
   query: list[Record] = dataclasses.field(default_factory=list)
   gallery: list[Record] = dataclasses.field(default_factory=list)
   test: list[Record] = dataclasses.field(default_factory=list)
+  # Records a reader dropped by policy (e.g. "empty caption"), reason -> count; logged too.
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def num_train_pids(self) -> int:

@@ -11,7 +11,7 @@ _READERS: dict[str, Reader] = {}
 
 
 def register(name: str) -> Callable[[Reader], Reader]:
-  """Class/function decorator: `@register("market1501")` on a reader `f(root, **kw) -> ReIDDataset`."""
+  """Decorator: `@register("market1501")` on a reader `f(root, **kw) -> ReIDDataset`."""
 
   def wrap(fn: Reader) -> Reader:
     if name in _READERS:

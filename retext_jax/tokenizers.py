@@ -15,6 +15,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PROBE = "a man wearing a black jacket and blue jeans is walking with a red backpack"
 
 
@@ -37,17 +38,23 @@ class TextTokenizer:
     Truncation keeps the closing special token ([SEP] / <|endoftext|>), which CLIP pools on.
     """
     self._tok.enable_truncation(max_len)
-    self._tok.enable_padding(length=max_len, pad_id=self.pad_id)
+    self._tok.enable_padding(
+        length=max_len, pad_id=self.pad_id, pad_token=self._tok.id_to_token(self.pad_id) or ""
+    )
     encs = self._tok.encode_batch(list(texts))
     ids = np.asarray([e.ids for e in encs], np.int32).reshape(len(texts), max_len)
     mask = np.asarray([e.attention_mask for e in encs], np.int32).reshape(len(texts), max_len)
     return ids, mask
 
   def decode(self, ids: Sequence[int]) -> str:
-    return self._tok.decode(list(ids), skip_special_tokens=True)
+    text = self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+    if self.kind == "clip":  # CLIP BPE marks word ends with "</w>" (as transformers' CLIPTokenizer)
+      text = text.replace("</w>", " ").strip()
+    return text
 
   def unknown_fraction(self, text: str = _PROBE) -> float:
-    unk = self._tok.token_to_id("[UNK]") if self.kind == "bert" else None
+    unk_token = getattr(self._tok.model, "unk_token", None) or "[UNK]"
+    unk = self._tok.token_to_id(unk_token)
     ids = self._tok.encode(text, add_special_tokens=False).ids
     return sum(i == unk for i in ids) / max(len(ids), 1)
 
@@ -110,6 +117,10 @@ def _bert(path: str) -> TextTokenizer:
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
       raise ValueError(f"{vocab} has no [CLS]/[SEP] tokens: not a BERT WordPiece vocabulary")
+    # Registered as special: kept whole in raw text and dropped by decode, as in transformers.
+    tok.add_special_tokens(
+        [t for t in _BERT_SPECIALS if tok.token_to_id(t) is not None]
+    )
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
@@ -139,7 +150,8 @@ def _clip(path: str) -> TextTokenizer:
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(
             tokenizers.Regex(
-                r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+                r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+                r"|[^\s\p{L}\p{N}]+"
             ),
             behavior="removed", invert=True,
         ),
@@ -147,6 +159,11 @@ def _clip(path: str) -> TextTokenizer:
     ])
     tok.decoder = decoders.ByteLevel()
     bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+    if bos is None or eos is None:
+      raise ValueError(
+          f"{vocab} has no <|startoftext|>/<|endoftext|> tokens: not a CLIP vocabulary"
+      )
+    tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],

@@ -1,0 +1,495 @@
+"""tf.data pipelines that turn record lists into the numpy batches the trainer consumes.
+
+Train batches (per host; every key below `multicam/` or `singlecam/` is present only when that
+part has sources):
+
+  multicam/image      float32 [P*K, H, W, 3]  augmented, normalised; identity-major (K per id)
+  multicam/pid        int32   [P*K]
+  multicam/camid      int32   [P*K]
+  singlecam/view1     float32 [B, H, W, 3]    two independently augmented views of one image
+  singlecam/view2     float32 [B, H, W, 3]
+  singlecam/pid       int32   [B]             identity of the image's caption set
+  singlecam/tokens    int32   [B, L]          one of the image's captions, drawn per step
+  singlecam/token_mask int32  [B, L]
+  singlecam/patch_mask bool   [B, N]          True = masked; exactly round(mask_ratio * N) per row
+
+Which records form a batch is decided in numpy (`sampling.py`: PK identities, weighted source
+mixing, per-host shards, epochs); tf.data reads, decodes and augments them in parallel with
+stateless seeds, so a seed fixes every batch. Captions are tokenised once, up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import augment, images, sampling
+from input_pipeline.records import Record
+
+if TYPE_CHECKING:
+  from retext_jax.tokenizers import TextTokenizer
+
+try:  # TF must never take accelerator memory away from JAX (big_vision does the same).
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # devices already initialised by an earlier TF user in this process
+  pass
+
+Sources = Sequence[tuple[Sequence[Record], float]]
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """Everything the train/eval pipelines need. Batch sizes are global (all hosts together).
+
+  Attributes:
+    image_size: (height, width) after resizing.
+    mean, std: per-channel normalisation of [0, 1] pixels (ImageNet default; CLIP: augment.CLIP_*).
+    hflip_prob: horizontal flip probability.
+    pad: zero padding before the random crop back to `image_size` (0 = off).
+    erase_prob, erase_area, erase_aspect, erase_fill: random erasing of multi-camera images
+      (torchreid defaults; fill "mean" or "random").
+    singlecam_erase_prob: random erasing of the captioned views; off by default because erased
+      pixels would become targets of the masked reconstruction.
+    color_jitter: (brightness, contrast, saturation, hue) factors, torchvision semantics; 0 = off.
+    multicam_p, multicam_k: identities per global batch and images per identity.
+    singlecam_batch_size: captioned images per global batch.
+    max_text_len: token length L (truncate / pad).
+    mask_ratio: share of patches masked for reconstruction.
+    patch_size, patch_stride: ViT patching, to count patches (N = rows * cols of the patch grid).
+    prefetch: batches prefetched by tf.data (besides AUTOTUNE parallel decoding).
+    seed: fixes sampling, augmentation, caption choice and patch masks.
+    image_check: "exists", "header" or "decode" (see images.py for what each costs).
+    on_bad_image: "skip" (counted, logged) or "error" (names the file).
+    unk_threshold: max share of [UNK] tokens in the first `unk_probe` captions.
+    unk_probe: captions checked by the tokenizer guard.
+  """
+
+  image_size: tuple[int, int] = (256, 128)
+  mean: tuple[float, float, float] = augment.IMAGENET_MEAN
+  std: tuple[float, float, float] = augment.IMAGENET_STD
+  hflip_prob: float = 0.5
+  pad: int = 10
+  erase_prob: float = 0.5
+  erase_area: tuple[float, float] = (0.02, 0.4)
+  erase_aspect: tuple[float, float] = (0.3, 3.33)
+  erase_fill: str = "mean"
+  singlecam_erase_prob: float = 0.0
+  color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+  multicam_p: int = 16
+  multicam_k: int = 4
+  singlecam_batch_size: int = 64
+  max_text_len: int = 64
+  mask_ratio: float = 0.5
+  patch_size: int = 16
+  patch_stride: int = 16
+  prefetch: int = 2
+  seed: int = 0
+  image_check: str = "header"
+  on_bad_image: str = "skip"
+  unk_threshold: float = 0.05
+  unk_probe: int = 256
+
+  def __post_init__(self):
+    for name in ("image_size", "mean", "std", "erase_area", "erase_aspect", "color_jitter"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    h, w = self.image_size
+    checks = {
+        "image_size": len(self.image_size) == 2 and h > 0 and w > 0,
+        "mean": len(self.mean) == 3,
+        "std": len(self.std) == 3 and all(s > 0 for s in self.std),
+        "hflip_prob": 0 <= self.hflip_prob <= 1,
+        "pad": self.pad >= 0,
+        "erase_prob": 0 <= self.erase_prob <= 1,
+        "singlecam_erase_prob": 0 <= self.singlecam_erase_prob <= 1,
+        "erase_area": 0 < self.erase_area[0] <= self.erase_area[1] < 1,
+        "erase_aspect": 0 < self.erase_aspect[0] <= self.erase_aspect[1],
+        "erase_fill": self.erase_fill in augment.ERASE_FILLS,
+        "color_jitter": len(self.color_jitter) == 4 and all(c >= 0 for c in self.color_jitter),
+        "multicam_p": self.multicam_p >= 1,
+        "multicam_k": self.multicam_k >= 1,
+        "singlecam_batch_size": self.singlecam_batch_size >= 1,
+        "max_text_len": self.max_text_len >= 2,
+        "mask_ratio": 0 <= self.mask_ratio < 1,
+        "patch_size": 0 < self.patch_size <= min(h, w),
+        "patch_stride": self.patch_stride >= 1,
+        "prefetch": self.prefetch >= 0,
+        "image_check": self.image_check in images.LEVELS,
+        "on_bad_image": self.on_bad_image in images.POLICIES,
+        "unk_threshold": 0 <= self.unk_threshold <= 1,
+        "unk_probe": self.unk_probe >= 1,
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+      raise ValueError("invalid input config: " + ", ".join(f"{k}={getattr(self, k)!r}"
+                                                             for k in bad))
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any] | Any, ignore: Sequence[str] = ()) -> InputConfig:
+    """From a dict or ml_collections.ConfigDict section; unknown keys are an error (typos)."""
+    items = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(items) - known - set(ignore))
+    if unknown:
+      raise KeyError(f"unknown input config key(s) {unknown}; known: {sorted(known)}")
+    return cls(**{k: v for k, v in items.items() if k in known})
+
+  @property
+  def num_patches(self) -> int:
+    h, w = self.image_size
+    p, s = self.patch_size, self.patch_stride
+    return ((h - p) // s + 1) * ((w - p) // s + 1)
+
+  @property
+  def num_masked(self) -> int:
+    return int(math.floor(self.mask_ratio * self.num_patches + 0.5))
+
+
+def _as_config(cfg: InputConfig | Mapping[str, Any]) -> InputConfig:
+  return cfg if isinstance(cfg, InputConfig) else InputConfig.from_config(cfg)
+
+
+def per_host(global_size: int, key: str, process_count: int) -> int:
+  """Global batch size -> this host's share; an error naming `key` if it does not divide."""
+  if global_size % process_count:
+    raise ValueError(f"{key}={global_size} is not divisible by process_count={process_count}")
+  return global_size // process_count
+
+
+# ---------------------------------------------------------------- tf image functions
+
+
+def _load(path: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+  img = augment.resize(augment.decode(tf.io.read_file(path)), size)
+  img.set_shape([size[0], size[1], 3])
+  return img
+
+
+def _train_view(img: tf.Tensor, seed: tf.Tensor, cfg: InputConfig, erase_prob: float) -> tf.Tensor:
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  img = augment.random_flip(img, seeds[0], cfg.hflip_prob)
+  img = augment.pad_and_crop(img, seeds[1], cfg.pad)
+  if any(cfg.color_jitter):
+    img = augment.color_jitter(img, seeds[2], *cfg.color_jitter)
+  img = augment.normalize(img, cfg.mean, cfg.std)
+  return augment.random_erase(img, seeds[3], erase_prob, cfg.erase_area, cfg.erase_aspect,
+                              cfg.erase_fill)
+
+
+def _finish(ds: tf.data.Dataset, prefetch: int) -> tf.data.Dataset:
+  opts = tf.data.Options()
+  opts.deterministic = True
+  opts.experimental_optimization.map_parallelization = True
+  ds = ds.with_options(opts)
+  return ds.prefetch(prefetch if prefetch > 0 else tf.data.AUTOTUNE)
+
+
+def _concat_checked(sources: Sources, cfg: InputConfig, part: str
+                    ) -> tuple[list[list[Record]], list[float]]:
+  recs, weights = [], []
+  for i, (records, weight) in enumerate(sources):
+    what = f"{part} source {i}"
+    if not len(records):
+      raise ValueError(f"{what} has no records")
+    recs.append(images.check_images(records, level=cfg.image_check,
+                                    on_bad_image=cfg.on_bad_image, what=what))
+    if not recs[-1]:
+      raise ValueError(f"{what}: none of its {len(records)} images is usable")
+    weights.append(float(weight))
+  return recs, weights
+
+
+# ---------------------------------------------------------------- multi-camera (PK) part
+
+
+def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
+                      process_count: int) -> tf.data.Dataset:
+  recs, weights = _concat_checked(sources, cfg, "multicam")
+  flat = [r for src in recs for r in src]
+  paths = tf.constant([r.path for r in flat])
+  pid = np.asarray([r.pid for r in flat], np.int32)
+  camid = np.asarray([r.camid for r in flat], np.int32)
+  p = per_host(cfg.multicam_p, "multicam_p", process_count)
+  k = cfg.multicam_k
+  sampler = sampling.PKSampler([np.asarray([r.pid for r in src]) for src in recs], weights, p, k,
+                               cfg.seed, process_index, process_count)
+
+  def gen():
+    rng = np.random.default_rng([cfg.seed, process_index, 0x4D43])
+    for idx, _ in sampler:
+      yield {"index": idx, "pid": pid[idx], "camid": camid[idx],
+             "seed": rng.integers(0, 2**31 - 1, size=(len(idx), 2), dtype=np.int64)}
+
+  n = p * k
+  ds = tf.data.Dataset.from_generator(gen, output_signature={
+      "index": tf.TensorSpec([n], tf.int64), "pid": tf.TensorSpec([n], tf.int32),
+      "camid": tf.TensorSpec([n], tf.int32), "seed": tf.TensorSpec([n, 2], tf.int64)})
+
+  @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
+  def load(ex):
+    img = _load(tf.gather(paths, ex["index"]), cfg.image_size)
+    return {"image": _train_view(img, ex["seed"], cfg, cfg.erase_prob),
+            "pid": ex["pid"], "camid": ex["camid"]}
+
+  ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return _finish(ds.batch(n, drop_remainder=True), cfg.prefetch)
+
+
+# ---------------------------------------------------------------- captioned single-camera part
+
+
+def _clean_captions(records: Sequence[Record], what: str) -> tuple[list[Record], list[list[str]]]:
+  kept, caps = [], []
+  empty_caps = dropped = 0
+  for r in records:
+    good = [c.strip() for c in r.captions if c and c.strip()]
+    empty_caps += len(r.captions) - len(good)
+    if good:
+      kept.append(r)
+      caps.append(good)
+    else:
+      dropped += 1
+  if empty_caps or dropped:
+    logging.warning("%s: skipped %d empty caption(s); %d record(s) left without any caption were "
+                    "dropped (first: %s)", what, empty_caps, dropped,
+                    next((r.path for r in records if not any(c.strip() for c in r.captions)),
+                         "none"))
+  return kept, caps
+
+
+def check_tokenizer(tokenizer: TextTokenizer, captions: Sequence[str], threshold: float = 0.05,
+                    probe: int = 256) -> None:
+  """Raises if the tokenizer turns ordinary caption words into [UNK] (a wrong vocabulary file)."""
+  sample = [c for c in captions[:probe] if c.strip()]
+  if not sample:
+    return
+  share = float(np.mean([tokenizer.unknown_fraction(c) for c in sample]))
+  if share > threshold:
+    raise ValueError(
+        f"tokenizer from {tokenizer.source} maps {share:.0%} of the tokens of the first "
+        f"{len(sample)} captions to [UNK] (threshold {threshold:.0%}); wrong vocabulary? "
+        f"e.g. {sample[0]!r}")
+
+
+def tokenize_captions(caps: Sequence[Sequence[str]], tokenizer: TextTokenizer, max_len: int,
+                      threshold: float = 0.05, probe: int = 256
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Captions tokenised once: (ids [C, L], mask [C, L], first [R], count [R]) where record r owns
+  rows first[r] .. first[r] + count[r] - 1 (count 0: not tokenised, e.g. another host's record).
+
+  Stored compactly (ids uint16 when the vocabulary fits, mask uint8): SYNTH-PEDES' ~9M captions
+  at L=64 take ~1.7 GB instead of 4.6 GB. Callers cast rows back to int32.
+  """
+  flat = [c for cs in caps for c in cs]
+  check_tokenizer(tokenizer, flat, threshold, probe)
+  ids, mask = tokenizer.encode(flat, max_len)
+  if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1:
+    ids = ids.astype(np.uint16)
+  count = np.asarray([len(cs) for cs in caps], np.int64)
+  first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+  return ids, mask.astype(np.uint8), first, count
+
+
+def random_patch_mask(rng: np.random.Generator, batch: int, num_patches: int,
+                      num_masked: int) -> np.ndarray:
+  """bool [batch, num_patches] with exactly `num_masked` True per row, uniformly placed."""
+  order = np.argsort(rng.random((batch, num_patches)), axis=1)
+  mask = np.zeros((batch, num_patches), bool)
+  np.put_along_axis(mask, order[:, :num_masked], True, axis=1)
+  return mask
+
+
+def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokenizer | None,
+                       process_index: int, process_count: int) -> tf.data.Dataset:
+  if tokenizer is None:
+    raise ValueError("singlecam sources need a tokenizer (make_train_iterator(tokenizer=...))")
+  checked, weights = _concat_checked(sources, cfg, "singlecam")
+  recs, caps = [], []
+  for i, src in enumerate(checked):
+    kept, c = _clean_captions(src, f"singlecam source {i}")
+    if not kept:
+      raise ValueError(f"singlecam source {i}: no record has a non-empty caption")
+    recs.append(kept)
+    caps.extend(c)
+  flat = [r for src in recs for r in src]
+  b = per_host(cfg.singlecam_batch_size, "singlecam_batch_size", process_count)
+  sampler = sampling.StreamSampler([len(s) for s in recs], weights, b, cfg.seed, process_index,
+                                   process_count)
+  # Only this host's records are tokenised (the others' captions are never drawn here).
+  mine = np.zeros(len(flat), bool)
+  mine[sampler.host_items()] = True
+  ids, tmask, first, count = tokenize_captions(
+      [c if m else [] for c, m in zip(caps, mine, strict=True)], tokenizer, cfg.max_text_len,
+      cfg.unk_threshold, cfg.unk_probe)
+  paths = tf.constant([r.path for r in flat])
+  pid = np.asarray([r.pid for r in flat], np.int32)
+  n_patch, n_mask, length = cfg.num_patches, cfg.num_masked, cfg.max_text_len
+
+  def gen():
+    rng = np.random.default_rng([cfg.seed, process_index, 0x5343])
+    for idx, _ in sampler:
+      cap = first[idx] + rng.integers(0, count[idx])
+      yield {"index": idx, "pid": pid[idx], "tokens": ids[cap].astype(np.int32),
+             "token_mask": tmask[cap].astype(np.int32),
+             "patch_mask": random_patch_mask(rng, b, n_patch, n_mask),
+             "seed": rng.integers(0, 2**31 - 1, size=(b, 2), dtype=np.int64)}
+
+  ds = tf.data.Dataset.from_generator(gen, output_signature={
+      "index": tf.TensorSpec([b], tf.int64), "pid": tf.TensorSpec([b], tf.int32),
+      "tokens": tf.TensorSpec([b, length], tf.int32),
+      "token_mask": tf.TensorSpec([b, length], tf.int32),
+      "patch_mask": tf.TensorSpec([b, n_patch], tf.bool),
+      "seed": tf.TensorSpec([b, 2], tf.int64)})
+
+  @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
+  def load(ex):
+    img = _load(tf.gather(paths, ex["index"]), cfg.image_size)
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(ex["seed"], 2))
+    out = {k: ex[k] for k in ("pid", "tokens", "token_mask", "patch_mask")}
+    out["view1"] = _train_view(img, s1, cfg, cfg.singlecam_erase_prob)
+    out["view2"] = _train_view(img, s2, cfg, cfg.singlecam_erase_prob)
+    return out
+
+  ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return _finish(ds.batch(b, drop_remainder=True), cfg.prefetch)
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def make_train_dataset(multicam_sources: Sources, singlecam_sources: Sources,
+                       cfg: InputConfig | Mapping[str, Any], *,
+                       tokenizer: TextTokenizer | None = None, process_index: int = 0,
+                       process_count: int = 1) -> tf.data.Dataset:
+  """The endless training tf.data.Dataset of flat-keyed batches (see the module docstring)."""
+  cfg = _as_config(cfg)
+  parts = {}
+  if multicam_sources:
+    parts["multicam"] = _multicam_dataset(multicam_sources, cfg, process_index, process_count)
+  if singlecam_sources:
+    parts["singlecam"] = _singlecam_dataset(singlecam_sources, cfg, tokenizer, process_index,
+                                            process_count)
+  if not parts:
+    raise ValueError("no training sources: give multicam_sources and/or singlecam_sources")
+  return tf.data.Dataset.zip(parts).map(_flatten_keys)
+
+
+@tf.autograph.experimental.do_not_convert
+def _flatten_keys(parts: dict[str, dict[str, tf.Tensor]]) -> dict[str, tf.Tensor]:
+  return {f"{part}/{k}": v for part, ex in parts.items() for k, v in ex.items()}
+
+
+def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
+                        cfg: InputConfig | Mapping[str, Any], *,
+                        tokenizer: TextTokenizer | None = None, process_index: int = 0,
+                        process_count: int = 1) -> Iterator[Batch]:
+  """Endless iterator of numpy train batches for this host.
+
+  Args:
+    multicam_sources: `(records, weight)` pairs of labelled multi-camera data (ids unique across
+      sources: build them with records.combine); empty to train without the Re-ID part.
+    singlecam_sources: `(records, weight)` pairs of captioned images; empty for "Re-ID only".
+    cfg: InputConfig or a mapping / ConfigDict of its fields. Batch sizes are global.
+    tokenizer: needed when singlecam_sources are given.
+    process_index, process_count: this host among all hosts (jax.process_index/count()).
+  """
+  ds = make_train_dataset(multicam_sources, singlecam_sources, cfg, tokenizer=tokenizer,
+                          process_index=process_index, process_count=process_count)
+  return ds.as_numpy_iterator()
+
+
+def _host_slice(n: int, batch_size: int, process_index: int, process_count: int
+                ) -> tuple[np.ndarray, int]:
+  """Positions 0..n-1 of this host (contiguous chunk) and the padded length (same on all hosts)."""
+  b = per_host(batch_size, "batch_size", process_count)
+  chunk = -(-n // process_count)
+  mine = np.arange(process_index * chunk, min((process_index + 1) * chunk, n))
+  return mine, max(1, -(-chunk // b)) * b
+
+
+def make_eval_iterator(records: Sequence[Record], cfg: InputConfig | Mapping[str, Any],
+                       batch_size: int, *, process_index: int = 0,
+                       process_count: int = 1) -> Iterator[Batch]:
+  """Ordered, unaugmented image batches of fixed shape for feature extraction.
+
+  Yields `image` float32 [b, H, W, 3], `pid` int32, `camid` int32, `index` int64 (position in
+  `records`; -1 for padding) and `valid` bool (False for padding in the last batch), with
+  b = batch_size / process_count. Hosts take contiguous chunks and yield the same number of
+  batches. Bad images are dropped (or raise) per `cfg.on_bad_image`; their positions never appear.
+  """
+  cfg = _as_config(cfg)
+  if not len(records):
+    raise ValueError("make_eval_iterator: no records")
+  ok = images.usable(records, level=cfg.image_check, on_bad_image=cfg.on_bad_image,
+                     what="eval records")
+  positions = np.flatnonzero(ok).astype(np.int64)
+  if not len(positions):
+    raise ValueError(f"make_eval_iterator: none of the {len(records)} images is usable")
+  mine, padded = _host_slice(len(positions), batch_size, process_index, process_count)
+  pos = np.full(padded, -1, np.int64)
+  pos[:len(mine)] = positions[mine]
+  valid = pos >= 0
+  src = np.where(valid, pos, positions[0])
+  pid = np.where(valid, [records[i].pid for i in src], -1).astype(np.int32)
+  camid = np.where(valid, [records[i].camid for i in src], -1).astype(np.int32)
+  paths = [records[i].path for i in src]
+
+  @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
+  def load(path, ex):
+    img = augment.normalize(_load(path, cfg.image_size), cfg.mean, cfg.std)
+    return {"image": img, **ex}
+
+  ds = tf.data.Dataset.from_tensor_slices(
+      (paths, {"pid": pid, "camid": camid, "index": pos, "valid": valid}))
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  b = per_host(batch_size, "batch_size", process_count)
+  return _finish(ds.batch(b, drop_remainder=True), cfg.prefetch).as_numpy_iterator()
+
+
+def make_text_eval_iterator(records: Sequence[Record], tokenizer: TextTokenizer, max_len: int,
+                            batch_size: int, *, process_index: int = 0, process_count: int = 1,
+                            unk_threshold: float = 0.05) -> Iterator[Batch]:
+  """Text queries for text-to-image retrieval: every caption of every record is one query (IRRA).
+
+  Yields `tokens`, `token_mask` int32 [b, L], `pid` int32, `index` int64 (query number, records
+  in order, captions in order; -1 for padding), `image_index` int64 (position of the captioned
+  record in `records`) and `valid` bool, b = batch_size / process_count.
+  """
+  rec_pos, caps = [], []
+  empty = 0
+  for i, r in enumerate(records):
+    for c in r.captions:
+      if c and c.strip():
+        rec_pos.append(i)
+        caps.append(c.strip())
+      else:
+        empty += 1
+  if empty:
+    logging.warning("text eval: skipped %d empty caption(s)", empty)
+  if not caps:
+    raise ValueError("make_text_eval_iterator: no record has a non-empty caption")
+  check_tokenizer(tokenizer, caps, unk_threshold)
+  mine, padded = _host_slice(len(caps), batch_size, process_index, process_count)
+  ids, mask = tokenizer.encode([caps[i] for i in mine], max_len)
+  n = len(mine)
+  query = np.full(padded, -1, np.int64)
+  query[:n] = mine
+  image_index = np.full(padded, -1, np.int64)
+  image_index[:n] = np.asarray(rec_pos, np.int64)[mine]
+  pid = np.full(padded, -1, np.int32)
+  pid[:n] = [records[i].pid for i in image_index[:n]]
+  tokens = np.full((padded, max_len), tokenizer.pad_id, np.int32)
+  tokens[:n] = ids
+  tmask = np.zeros((padded, max_len), np.int32)
+  tmask[:n] = mask
+  b = per_host(batch_size, "batch_size", process_count)
+  # A list, not a generator function: config and tokenizer errors surface at the call.
+  return iter([{"tokens": tokens[s:s + b], "token_mask": tmask[s:s + b], "pid": pid[s:s + b],
+                "index": query[s:s + b], "image_index": image_index[s:s + b],
+                "valid": query[s:s + b] >= 0} for s in range(0, padded, b)])

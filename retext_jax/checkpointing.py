@@ -1,0 +1,111 @@
+"""Orbax checkpoints: the latest N, the best by target mAP, resume, and preemption-safe saving.
+
+Layout under the workdir:
+  checkpoints/<step>/{state,meta}   the latest `keep` checkpoints (state + config/metrics as JSON)
+  best/<step>/{state,meta}          the single best checkpoint by the tracked metric
+Orbax writes to a temporary folder and renames on commit, so a killed run never leaves a
+half-written checkpoint that a resume would pick up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+STATE, META = "state", "meta"
+
+
+def _manager(path: str, keep: int, best_metric: str | None = None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None,
+      best_mode="max",
+      create=True,
+      enable_async_checkpointing=False,
+  )
+  return ocp.CheckpointManager(os.path.abspath(path), options=options, item_names=(STATE, META))
+
+
+class Checkpointer:
+  """Saves the train state with its config; restores onto whatever mesh the caller has now."""
+
+  def __init__(self, workdir: str, keep: int = 2, best_metric: str | None = None):
+    self.latest = _manager(os.path.join(workdir, "checkpoints"), keep)
+    self.best_metric = best_metric
+    self.best = _manager(os.path.join(workdir, "best"), 1, best_metric) if best_metric else None
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state: Any, meta: Mapping[str, Any], force: bool = False) -> None:
+    args = ocp.args.Composite(
+        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}
+    )
+    if step in self.latest.all_steps():
+      return
+    self.latest.save(step, args=args, force=force)
+    self.latest.wait_until_finished()
+
+  def save_best(self, step: int, state: Any, meta: Mapping[str, Any],
+                metrics: Mapping[str, float]) -> None:
+    if self.best is None or step in self.best.all_steps():
+      return
+    args = ocp.args.Composite(
+        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}
+    )
+    self.best.save(step, args=args, metrics=dict(metrics), force=True)
+    self.best.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: int | None = None, which: str = "latest"):
+    """Restores (state, meta). `abstract_state` holds ShapeDtypeStructs with target shardings."""
+    mgr = self.latest if which == "latest" else self.best
+    if mgr is None:
+      raise ValueError("no best-checkpoint manager: config.best_metric is not set")
+    if step is None:
+      step = mgr.best_step() if which == "best" else mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no {which} checkpoint under {mgr.directory}")
+    out = mgr.restore(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+    ))
+    return out[STATE], out[META]
+
+  def close(self) -> None:
+    self.latest.close()
+    if self.best is not None:
+      self.best.close()
+
+
+def abstract_with_shardings(state: Any, shardings: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
+
+
+class StopSignal:
+  """Turns SIGTERM / SIGINT into a flag the loop polls, so it can save and exit cleanly."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> StopSignal:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.received = signum
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def __bool__(self) -> bool:
+    return self.received is not None

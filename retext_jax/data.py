@@ -1,0 +1,106 @@
+"""Config → datasets, tokenizer and iterators (the only place the trainer touches input_pipeline).
+
+Resolves dataset roots (relative to `data.root`, or to the synthetic benchmark folder, which is
+rendered on first use), reads every source through the registry, gives multi-camera sources
+disjoint id ranges (one classifier over all of them), and builds the tf.data iterators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from absl import logging
+
+from input_pipeline import registry
+from input_pipeline.records import Record, ReIDDataset, combine, relabel
+
+MULTICAM, SINGLECAM = "multicam", "singlecam"
+
+
+@dataclasses.dataclass
+class Sources:
+  multicam: list[tuple[list[Record], float]]
+  singlecam: list[tuple[list[Record], float]]
+  num_classes: int
+  num_sc_classes: int
+  num_cameras: int
+  targets: dict[str, ReIDDataset]
+
+
+def data_root(config) -> str:
+  """The folder dataset roots are relative to; renders the synthetic benchmark if asked."""
+  if not config.data.synthetic_preset:
+    return os.path.expanduser(config.data.root)
+  from input_pipeline.synthetic import ensure_benchmark
+
+  cache = config.data.cache_dir or os.path.join("~", ".cache", "retext_jax", "synthetic")
+  cache = os.path.join(os.path.expanduser(cache), f"{config.data.synthetic_preset}_seed0")
+  return ensure_benchmark(cache, config.data.synthetic_preset, 0)
+
+
+def _read(spec: Mapping, root: str, name: str) -> ReIDDataset:
+  path = spec["root"] if os.path.isabs(spec["root"]) else os.path.join(root, spec["root"])
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"dataset {name!r} (reader {spec['reader']!r}): folder {path} does not exist; "
+        f"set config.data.root or config.data.sources.{name}.root"
+    )
+  return registry.get_dataset(spec["reader"], path, **dict(spec.get("options") or {}))
+
+
+def load_sources(config) -> Sources:
+  root = data_root(config)
+  multicam, singlecam, cams = [], [], 0
+  mc_sets, sc_sets = [], []
+  for name, spec in sorted(config.data.sources.items()):
+    if spec["part"] not in (MULTICAM, SINGLECAM):
+      raise ValueError(f"config.data.sources.{name}.part={spec['part']!r}: expected "
+                       f"{MULTICAM!r} or {SINGLECAM!r}")
+    ds = _read(spec, root, name)
+    logging.info("source %s (%s):\n%s", name, spec["part"], ds.summary())
+    (mc_sets if spec["part"] == MULTICAM else sc_sets).append((ds, spec["weight"]))
+  if not mc_sets:
+    raise ValueError("config.data.sources has no multi-camera source (part='multicam')")
+  offset = 0
+  for ds, weight in mc_sets:
+    recs = combine([ds])
+    recs = [dataclasses.replace(r, pid=r.pid + offset) for r in recs]
+    offset += len({r.pid for r in recs})
+    cams = max(cams, ds.num_train_cams)
+    multicam.append((recs, weight))
+  sc_offset = 0
+  for ds, weight in sc_sets:
+    recs = [dataclasses.replace(r, pid=r.pid + sc_offset) for r in relabel(ds.train)]
+    sc_offset += len({r.pid for r in recs})
+    singlecam.append((recs, weight))
+  targets = {name: _read(spec, root, name) for name, spec in sorted(config.data.targets.items())}
+  return Sources(multicam, singlecam, offset, sc_offset, cams, targets)
+
+
+def input_config(config):
+  """The pipeline's InputConfig from `config.input` (+ the ViT patching and the seed)."""
+  from input_pipeline.pipeline import InputConfig
+
+  fields = {k: v for k, v in config.input.items() if k != "eval_batch"}
+  return InputConfig.from_config(
+      {**fields, "patch_size": config.model.patch, "patch_stride": config.model.stride,
+       "seed": config.seed}
+  )
+
+
+def train_iterator(config, sources: Sources, tokenizer, start_step: int = 0):
+  """This host's endless batch iterator. A resumed run reseeds so it does not replay batches."""
+  import jax
+
+  from input_pipeline import pipeline
+
+  lc = config.loss
+  uses_singlecam = lc.lambda_iam > 0 or lc.lambda_rec > 0 or lc.lambda_sp > 0 or \
+      lc.lambda_sc_id > 0
+  cfg = dataclasses.replace(input_config(config), seed=config.seed + 1_000_003 * start_step)
+  return pipeline.make_train_iterator(
+      sources.multicam, sources.singlecam if uses_singlecam else [], cfg, tokenizer=tokenizer,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+  )

@@ -1,0 +1,118 @@
+"""ReText: a student ViT with BNNeck + ID head, matching projections, a BERT text encoder and a
+text-guided reconstruction decoder (DESIGN.md section 3).
+
+The momentum encoder is not a separate module: it is an EMA copy of the student's
+`image_encoder` and `image_proj` parameters (see `MOMENTUM_KEYS`), applied through the same
+methods. Branches whose loss weight is 0 are not built at all, so they cost neither parameters
+nor compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from retext_jax.models import bert, vit
+from retext_jax.models.decoder import TextGuidedDecoder
+
+MOMENTUM_KEYS = ("image_encoder", "image_proj")
+BACKBONE_KEYS = ("image_encoder", "text_encoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReTextConfig:
+  vit: vit.ViTConfig
+  text: bert.BertConfig | None  # None: no text branch (Re-ID only, or images without text)
+  num_classes: int  # identities of the multi-camera sources
+  num_sc_classes: int = 0  # identities of the captioned set (ID head on images without text)
+  embed_dim: int = 256
+  use_rec: bool = False
+  decoder_width: int = 256
+  decoder_depth: int = 2
+  decoder_heads: int = 4
+  num_masked: int = 0  # patches masked per image for reconstruction (static under jit)
+
+
+class ReText(nn.Module):
+  config: ReTextConfig
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.image_encoder = vit.ViT(c.vit, dtype=self.dtype)
+    # BNNeck (BoT): BN without shift between the triplet feature and the ID classifier.
+    self.bnneck = nn.BatchNorm(use_bias=False, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)
+    self.classifier = nn.Dense(c.num_classes, use_bias=False,
+                               kernel_init=nn.initializers.normal(0.001))
+    self.image_proj = nn.Dense(c.embed_dim, dtype=self.dtype)
+    if c.num_sc_classes:
+      self.sc_classifier = nn.Dense(c.num_sc_classes, use_bias=False,
+                                    kernel_init=nn.initializers.normal(0.001))
+    if c.text is not None:
+      self.text_encoder = bert.Bert(c.text, dtype=self.dtype)
+      self.text_proj = nn.Dense(c.embed_dim, dtype=self.dtype)
+    if c.use_rec:
+      if c.text is None:
+        raise ValueError("text-guided reconstruction needs the text encoder (config.init.text)")
+      p = c.vit.patch_size
+      self.decoder = TextGuidedDecoder(
+          num_patches=c.vit.num_patches, patch_pixels=p * p * 3, width=c.decoder_width,
+          depth=c.decoder_depth, num_heads=c.decoder_heads, dtype=self.dtype,
+      )
+
+  def reid(self, images, camids=None, *, train: bool = False):
+    """Multi-camera branch: pre-BN feature (triplet), BNNeck feature and ID logits."""
+    camera = camids if self.config.vit.num_cameras else None
+    feat = self.image_encoder(images, camera=camera, train=train)["cls"]
+    feat = feat.astype(jnp.float32)
+    bn = self.bnneck(feat, use_running_average=not train)
+    return {"feat": feat, "bn_feat": bn, "logits": self.classifier(bn)}
+
+  def embed_image(self, images, *, train: bool = False):
+    """Matching embedding of an image (also the momentum encoder's path)."""
+    cls = self.image_encoder(images, train=train)["cls"]
+    return {"cls": cls.astype(jnp.float32), "emb": self.image_proj(cls).astype(jnp.float32)}
+
+  def sc_logits(self, cls):
+    return self.sc_classifier(cls)
+
+  def embed_text(self, tokens, token_mask, *, train: bool = False):
+    out = self.text_encoder(tokens, token_mask, train=train)
+    return {"states": out["tokens"], "emb": self.text_proj(out["cls"]).astype(jnp.float32)}
+
+  def reconstruct(self, images, patch_mask, text_states, text_mask, *, train: bool = False):
+    """Encodes only the visible patches, then predicts every patch's pixels from them + text."""
+    out = self.image_encoder(images, patch_mask=patch_mask, num_masked=self.config.num_masked,
+                             train=train)
+    return self.decoder(out["patch_tokens"], patch_mask, text_states, text_mask,
+                        deterministic=not train)
+
+  def features(self, images):
+    """Retrieval feature at test time: the BNNeck output (BoT's 'after' neck feature)."""
+    return self.reid(images, train=False)["bn_feat"]
+
+  def __call__(self, images, tokens=None, token_mask=None, patch_mask=None, *, train=False):
+    """Touches every branch once (used by `init`)."""
+    out = dict(self.reid(images, train=train))
+    out.update(img=self.embed_image(images, train=train))
+    if self.config.num_sc_classes:
+      out.update(sc_logits=self.sc_logits(out["img"]["cls"]))
+    if self.config.text is not None:
+      out.update(txt=self.embed_text(tokens, token_mask, train=train))
+      if self.config.use_rec:
+        out.update(rec=self.reconstruct(images, patch_mask, out["txt"]["states"], token_mask,
+                                        train=train))
+    return out
+
+
+def momentum_params(params):
+  """The subtree the EMA momentum encoder tracks."""
+  return {k: params[k] for k in MOMENTUM_KEYS}
+
+
+def with_momentum(params, ema):
+  """Student params with the momentum encoder's weights swapped in (no gradient through them)."""
+  return {**params, **jax.lax.stop_gradient(ema)}

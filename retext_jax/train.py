@@ -1,0 +1,253 @@
+"""The ReText trainer: one jitted step over a mesh, orbax checkpoints, clu metrics, evaluation.
+
+`train_and_evaluate(config, workdir)` is the whole run (resumes from the workdir if it holds a
+checkpoint); `evaluate(config, workdir)` restores a checkpoint on whatever devices are present
+and writes `results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from retext_jax import checkpointing, data, evaluators, optim, sharding
+from retext_jax.models import pretrained
+from retext_jax.models.retext import BACKBONE_KEYS, ReText, ReTextConfig
+from retext_jax.train_step import add_queue, create_state, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def build_model(config, sources: data.Sources):
+  """Model, its config, the tokenizer (or None) and pretrained params to load."""
+  lc = config.loss
+  needs_text = lc.lambda_iam > 0 or lc.lambda_rec > 0
+  vit_cfg, vit_params = pretrained.image_encoder(config.model, config.input.image_size,
+                                                 config.init.image,
+                                                 num_cameras=sources.num_cameras)
+  if lc.lambda_rec > 0 and vit_cfg.patch_stride != vit_cfg.patch_size:
+    raise ValueError("lambda_rec > 0 reconstructs non-overlapping patches: set "
+                     "config.model.stride equal to config.model.patch")
+  text_cfg = text_params = tokenizer = None
+  if needs_text:
+    text_cfg, text_params, tokenizer = pretrained.text_encoder(config.init.text)
+  mcfg = ReTextConfig(
+      vit=vit_cfg, text=text_cfg, num_classes=sources.num_classes,
+      num_sc_classes=sources.num_sc_classes if lc.lambda_sc_id > 0 else 0,
+      embed_dim=config.model.embed_dim, use_rec=lc.lambda_rec > 0,
+      decoder_width=config.model.decoder_width, decoder_depth=config.model.decoder_depth,
+      decoder_heads=config.model.decoder_heads,
+      num_masked=int(round(config.input.mask_ratio * vit_cfg.num_patches)),
+  )
+  model = ReText(mcfg, dtype=jnp.dtype(config.model.dtype))
+  loaded = {k: v for k, v in (("image_encoder", vit_params), ("text_encoder", text_params))
+            if v is not None}
+  return model, tokenizer, loaded
+
+
+def _dummy_inputs(config, model: ReText):
+  h, w = config.input.image_size
+  img = jnp.zeros((2, h, w, 3), jnp.float32)
+  tokens = jnp.zeros((2, config.input.max_text_len), jnp.int32)
+  n = model.config.vit.num_patches
+  patch_mask = jnp.zeros((2, n), bool).at[:, :model.config.num_masked].set(True)
+  return img, tokens, jnp.ones_like(tokens), patch_mask
+
+
+def init_state(config, model: ReText, tx, loaded: dict, mesh):
+  """Initialises (or loads pretrained weights into) the sharded train state."""
+  rng = jax.random.key(config.seed)
+  inputs = _dummy_inputs(config, model)
+
+  def init_fn(rng):
+    variables = model.init({"params": rng, "dropout": rng}, *inputs, train=False)
+    params = _merge(variables["params"], loaded)
+    state = create_state(model, tx, {**variables, "params": params}, jax.random.fold_in(rng, 1))
+    return add_queue(state, config.loss.queue_size if config.loss.lambda_sp > 0 else 0,
+                     config.model.embed_dim)
+
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = sharding.state_shardings(abstract, mesh, fsdp=config.mesh.fsdp)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def _merge(init: dict, loaded: dict) -> dict:
+  """Pretrained leaves replace initial ones; leaves absent from the checkpoint keep their init."""
+  out = dict(init)
+  for k, v in loaded.items():
+    out[k] = _merge(init[k], v) if isinstance(v, dict) and k in init else v
+  return out
+
+
+def _meta(config, step: int, metrics: dict | None = None) -> dict:
+  return {"step": int(step), "config": config.to_dict(), "config_name": config.name,
+          "metrics": metrics or {}}
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+  bad = [k for k, v in metrics.items() if k.startswith("loss/") and not np.isfinite(v)]
+  if bad:
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step}: " + ", ".join(f"{k}={metrics[k]}" for k in bad)
+        + "; the last good checkpoint is left intact"
+    )
+
+
+def _predict_fn(model: ReText, mesh, which: str):
+  @jax.jit
+  def features(state, images):
+    params = state["params"]
+    if which == "momentum":
+      params = {**params, **state["ema"]}
+    return model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                       method=ReText.features)
+
+  def predict(state, images):
+    return features(state, sharding.global_batch({"x": images}, mesh)["x"])
+
+  return predict
+
+
+def _flatten(results: dict) -> dict[str, float]:
+  return {f"{t}/{k}": v for t, r in results.items() for k, v in r.items()}
+
+
+def _headline(results: dict, key: str) -> float:
+  return results["average" if "average" in results else next(iter(results))][key]
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains, evaluates on the targets, writes results.json; returns the final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh.num_devices or None)
+  sources = data.load_sources(config)
+  model, tokenizer, loaded = build_model(config, sources)
+  tx, schedules = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
+  state, shardings = init_state(config, model, tx, loaded, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric or None)
+  start = ckpt.latest_step() or 0
+  if start:
+    state, _ = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings), start)
+    logging.info("resumed from %s at step %d", workdir, start)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start == 0:
+    parameter_overview.log_parameter_overview(state["params"])
+    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+  step_fn = jax.jit(
+      make_train_step(model, tx, config.loss, schedules, model.config.vit.patch_size),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
+  )
+  predict = _predict_fn(model, mesh, config.eval.features)
+  input_cfg = data.input_config(config)
+  train_iter = data.train_iterator(config, sources, tokenizer, start)
+  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                           every_steps=config.log_every)
+  evaluate_now = lambda s: evaluators.evaluate_all(
+      lambda x: predict(s, x), sources.targets, input_cfg, config.input.eval_batch,
+      config.eval.max_rank)
+
+  if start == 0 and config.eval_every:
+    initial = evaluate_now(state)
+    writer.write_scalars(0, {f"eval/{k}": v for k, v in _flatten(initial).items()})
+    logging.info("step 0 (untrained) %s", _summary(initial))
+  results, step = {}, start
+  last_saved = start
+  with checkpointing.StopSignal() as stop, metric_writers.ensure_flushes(writer):
+    while step < config.total_steps:
+      batch = sharding.global_batch(next(train_iter), mesh)
+      with jax.set_mesh(mesh):
+        state, metrics = step_fn(state, batch)
+      step += 1
+      metrics = jax.device_get(metrics)
+      _check_finite(step, metrics)
+      report(step)
+      if step % config.log_every == 0 or step == config.total_steps:
+        writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+      if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
+        with report.timed("eval"):
+          results = evaluate_now(state)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
+        logging.info("step %d %s", step, _summary(results))
+        if config.best_metric:
+          ckpt.save_best(step, state, _meta(config, step, results),
+                         {config.best_metric: _headline(results, config.best_metric)})
+      if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
+        ckpt.save(step, state, _meta(config, step, results))
+        last_saved = step
+      if stop:
+        logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
+        break
+  del last_saved
+  ckpt.close()
+  if step < config.total_steps:
+    return {}
+  final = {"config_name": config.name, "step": step, "targets": results,
+           "initial": initial if start == 0 and config.eval_every else None}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(final, f, indent=2)
+  print(f"[{config.name}] step {step}: {_summary(results)}")
+  return final
+
+
+def evaluate(config, workdir: str, which: str = "latest") -> dict:
+  """Restores a checkpoint (written on any device count) and evaluates it on the targets."""
+  mesh = sharding.make_mesh(config.mesh.num_devices or None)
+  sources = data.load_sources(config)
+  model, _, loaded = build_model(config, sources)
+  tx, _ = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
+  state, shardings = init_state(config, model, tx, loaded, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric or None)
+  state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings),
+                             which=which)
+  ckpt.close()
+  results = evaluators.evaluate_all(lambda x: _predict_fn(model, mesh, config.eval.features)(
+      state, x), sources.targets, data.input_config(config), config.input.eval_batch,
+      config.eval.max_rank)
+  final = {"config_name": config.name, "step": meta["step"], "targets": results,
+           "checkpoint": which}
+  with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:
+    json.dump(final, f, indent=2)
+  print(f"[{config.name}] checkpoint step {meta['step']}: {_summary(results)}")
+  return final
+
+
+def _summary(results: dict) -> str:
+  return "; ".join(
+      f"{t}: rank-1 {r['rank1']:.1%} mAP {r['mAP']:.1%} mINP {r['mINP']:.1%}"
+      for t, r in results.items()
+  )
+
+
+def _flat_config(config) -> dict[str, Any]:
+  out = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      if hasattr(v, "items"):
+        walk(f"{prefix}{k}.", v)
+      elif isinstance(v, (int, float, str, bool)):
+        out[f"{prefix}{k}"] = v
+  walk("", config)
+  return out
+
+
+def wall_clock() -> float:
+  return time.time()
