@@ -38,7 +38,7 @@ def bench_jax(size: str, batch: int, dtype: str, device: str, iters: int, warmup
   model = vit.ViT(config, dtype=jnp.dtype(dtype))
   x = jax.device_put(np.random.default_rng(0).normal(size=(batch, *IMAGE_SIZE, 3)), dev)
   x = x.astype(jnp.float32)
-  params = jax.jit(model.init, device=dev)(jax.random.key(0), x)
+  params = jax.jit(model.init)(jax.device_put(jax.random.key(0), dev), x)  # follows x onto dev
   forward = jax.jit(lambda p, im: model.apply(p, im)["cls"])
   return batch / _time(lambda: forward(params, x).block_until_ready(), iters, warmup)
 

@@ -116,6 +116,7 @@ def evaluate_domain(root: str) -> dict[str, dict[str, float]]:
   features = {
       "colour histogram (global)": lambda im, _: colour_histogram(im, 1),
       "colour histogram (6 stripes)": lambda im, _: colour_histogram(im, 6),
+      "colour histogram (centre half)": lambda im, _: colour_histogram(im[:, :, 32:96], 6),
       "raw pixels 32x16": lambda im, _: raw_pixels(im),
       "attribute oracle": lambda _, paths: attribute_oracle(paths, root),
   }

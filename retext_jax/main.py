@@ -31,9 +31,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 _USER_ERRORS = (FileNotFoundError, KeyError, ValueError, ImportError, FloatingPointError)
 
 
+def _quiet_libraries(record) -> bool:
+  """Drops INFO chatter of orbax/tensorstore (dozens of lines per checkpoint)."""
+  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_logger().addFilter(_quiet_libraries)
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data; JAX owns the accelerators

@@ -37,7 +37,8 @@ def expected_manifest(preset: str = "demo", seed: int = 0,
   """The manifest `render_benchmark` would write, computed without rendering a pixel."""
   p = get_preset(preset)
   rate = p.caption_error_rate if caption_error_rate is None else float(caption_error_rate)
-  return manifest(p, seed, rate, make_plan(p, seed, rate))
+  # Through JSON, as the file would be read back (tuples become lists).
+  return json.loads(json.dumps(manifest(p, seed, rate, make_plan(p, seed, rate))))
 
 
 def render_benchmark(out_dir: str, preset: str = "demo", seed: int = 0,

@@ -52,9 +52,9 @@ def camera_specs(domain: str, num_cameras: int, seed: int) -> list[CameraSpec]:
   for c in range(num_cameras):
     rng = np.random.default_rng([seed, DOMAIN_CODES[domain], 0xCA, c])
     scenes = DOMAIN_SCENES[domain]
-    spread = 0.28 if strong else 0.14
+    spread = 0.16 if strong else 0.08
     cast = tuple(float(v) for v in np.clip(1 + rng.uniform(-spread, spread, 3), 0.6, 1.4))
-    lo = rng.uniform(0.72, 0.86)
+    lo = rng.uniform(0.78, 0.88)
     specs.append(CameraSpec(
         domain=domain,
         index=c + 1,
@@ -63,7 +63,7 @@ def camera_specs(domain: str, num_cameras: int, seed: int) -> list[CameraSpec]:
         view_probs=_VIEW_PRESETS[(c + int(rng.integers(6))) % 6],
         scale=(float(lo), float(lo + rng.uniform(0.08, 0.16))),
         cast=cast,  # type: ignore[arg-type]
-        gamma=float(rng.uniform(0.7, 1.4) if strong else rng.uniform(0.85, 1.15)),
+        gamma=float(rng.uniform(0.8, 1.25) if strong else rng.uniform(0.9, 1.1)),
         contrast=float(rng.uniform(0.7, 1.1) if strong else rng.uniform(0.85, 1.1)),
         blur=(0.0, float(rng.uniform(0.4, 1.4))),
         lowres=float(rng.choice([1.0, 1.5, 2.0, 2.5])),

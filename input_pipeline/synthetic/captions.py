@@ -54,10 +54,14 @@ def _hair(v: dict[str, str], rng: np.random.Generator) -> str:
 
 def _upper(v: dict[str, str], rng: np.random.Generator) -> str:
   c, pc, word = v["upper_colour"], v["pattern_colour"], _pick(rng, UPPER_WORDS[v["upper_type"]])
-  return {"solid": f"a {c} {word}",
-          "stripes": _pick(rng, (f"a {c} {word} with {pc} stripes", f"a {c} and {pc} striped {word}")),
-          "checks": _pick(rng, (f"a {c} and {pc} checked {word}", f"a {c} {word} with {pc} checks")),
-          "logo": f"a {c} {word} with a {pc} logo on the front"}[v["upper_pattern"]]
+  pattern = v["upper_pattern"]
+  if pattern == "stripes":
+    return _pick(rng, (f"a {c} {word} with {pc} stripes", f"a {c} and {pc} striped {word}"))
+  if pattern == "checks":
+    return _pick(rng, (f"a {c} and {pc} checked {word}", f"a {c} {word} with {pc} checks"))
+  if pattern == "logo":
+    return f"a {c} {word} with a {pc} logo on the front"
+  return f"a {c} {word}"
 
 
 def _lower(v: dict[str, str], rng: np.random.Generator) -> str:

@@ -83,12 +83,12 @@ def draw_person(ident: Identity, view: str, rng: np.random.Generator, *, size: t
   w = ident.width
   side = view == "side"
   # Torso half-widths (shoulder, hip); the side view is narrower.
-  sh, hp = (0.07 * w, 0.062 * w) if side else (0.108 * w, 0.088 * w)
+  sh, hp = (0.085 * w, 0.075 * w) if side else (0.13 * w, 0.105 * w)
   if ident.gender == "woman" and not side:
     sh *= 0.92
   stride = rng.uniform(0.03, 0.07) if side else rng.uniform(0.0, 0.015)
-  leg_hw = 0.036 * w
-  leg_x = (-stride, stride) if side else (-0.048 * w - stride, 0.048 * w + stride)
+  leg_hw = 0.043 * w
+  leg_x = (-stride, stride) if side else (-0.056 * w - stride, 0.056 * w + stride)
   hem = {"trousers": 0.95, "shorts": 0.72, "skirt": 0.75}[ident.lower_type]
 
   # Backpack body from the side is behind the torso: draw first.
@@ -107,7 +107,7 @@ def draw_person(ident: Identity, view: str, rng: np.random.Generator, *, size: t
 
   # Upper garment (torso + sleeves) filled with its pattern through a mask.
   sleeve_end = 0.47 if ident.upper_type in ("shirt", "jacket", "sweater") else 0.29
-  arm_hw = 0.028 * w
+  arm_hw = 0.033 * w
   arm_x = (0.0,) if side else (-sh - arm_hw * 0.6, sh + arm_hw * 0.6)
   mask = Image.new("L", big, 0)
   md = ImageDraw.Draw(mask)

@@ -20,7 +20,7 @@ DOMAIN_SCENES: dict[str, tuple[str, ...]] = {
     "synthpedes": SCENE_STYLES,
     "cuhkpedes": ("street", "indoor", "station"),
 }
-BG_WIDTH = 176  # wider than an image so each shot can pan a little
+BG_WIDTH = 448  # a panorama: each shot of a camera sees a different part of it
 
 
 def _rgb(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int, int]:
@@ -117,6 +117,9 @@ def make_background(style: str, rng: np.random.Generator, height: int = 256) -> 
   img = Image.new("RGB", (BG_WIDTH, height))
   _GENERATORS[style](ImageDraw.Draw(img), rng, BG_WIDTH, height)
   arr = np.asarray(img, dtype=np.float32)
+  # Surveillance footage is washed out: pull the scene towards its own grey level.
+  grey = arr.mean(axis=2, keepdims=True)
+  arr = 0.55 * arr + 0.45 * (0.7 * grey + 0.3 * grey.mean())
   arr += rng.normal(0, 6, size=(height, BG_WIDTH, 1)).astype(np.float32)
   return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 

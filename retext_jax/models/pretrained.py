@@ -13,8 +13,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from retext_jax import tokenizers
-from retext_jax.models import bert, vit
+from retext_jax.models import bert, vit, weights
 
 CONVERTED_MARKER = "model_config.json"
 
@@ -49,12 +51,25 @@ def image_encoder(model_cfg: Mapping[str, Any], image_size, path: str, num_camer
   if os.path.isfile(os.path.join(path, CONVERTED_MARKER)):
     from retext_jax.tools.convert import load_converted
 
-    params, cfg = load_converted(path, kind="vit", image_size=image_size)
+    params, cfg = load_converted(path)
+    if not isinstance(cfg, vit.ViTConfig):
+      raise ValueError(f"config.init.image={path} holds a {type(cfg).__name__}, not a ViT")
+    params, cfg = _resize_converted_vit(params, cfg, image_size)
   else:
     params, cfg = vit.convert_checkpoint(path, image_size=image_size, stride=model_cfg["stride"])
   # Training-time options (stochastic depth, camera embedding) are ours, not the checkpoint's;
   # new parameters such as the camera table keep their random init.
   return dataclasses.replace(cfg, **extra), params
+
+
+def _resize_converted_vit(params, cfg: vit.ViTConfig, image_size) -> tuple[dict, vit.ViTConfig]:
+  """A converted ViT trained at another resolution: bicubic-resize its position embeddings."""
+  if tuple(cfg.image_size) == image_size:
+    return params, cfg
+  new = dataclasses.replace(cfg, image_size=image_size)
+  pos = np.asarray(params["pos_embed"])
+  resized = weights.resize_posemb(new.grid, src_grid=cfg.grid)(pos, pos.shape)
+  return {**params, "pos_embed": resized}, new
 
 
 def text_encoder(path: str) -> tuple[bert.BertConfig, dict, tokenizers.TextTokenizer]:
@@ -69,7 +84,9 @@ def text_encoder(path: str) -> tuple[bert.BertConfig, dict, tokenizers.TextToken
   if os.path.isfile(os.path.join(path, CONVERTED_MARKER)):
     from retext_jax.tools.convert import load_converted
 
-    params, cfg = load_converted(path, kind="bert")
+    params, cfg = load_converted(path)
+    if not isinstance(cfg, bert.BertConfig):
+      raise ValueError(f"config.init.text={path} holds a {type(cfg).__name__}, not a BERT")
   else:
     params, cfg = bert.convert_checkpoint(path)
   return cfg, params, tokenizers.load_tokenizer(path, "bert")

@@ -1,0 +1,141 @@
+"""End-to-end runs of `python -m retext_jax.main` on the tiny synthetic benchmark.
+
+Covers what users count on (DESIGN.md section 7): results, TensorBoard events and checkpoints
+in the workdir; resume after SIGKILL; a checkpoint on SIGTERM; a checkpoint written on 8
+devices restored on 1; one-line errors for bad config keys, data folders and weights; a NaN loss
+stopping the run with the last good checkpoint intact.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No text encoder: these tests are about the trainer, and small checkpoints keep them fast.
+NO_TEXT = "configs/retext.py:tiny,lambda_iam=0,lambda_rec=0"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("synthetic_cache"))
+
+
+def _cmd(config, workdir, cache, *extra):
+  return [sys.executable, "-m", "retext_jax.main", f"--config={config}", f"--workdir={workdir}",
+          f"--config.data.cache_dir={cache}", *extra]
+
+
+def _env(devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _run(config, workdir, cache, *extra, devices=1, check=True):
+  proc = subprocess.run(_cmd(config, workdir, cache, *extra), cwd=ROOT, env=_env(devices),
+                        capture_output=True, text=True, timeout=900)
+  if check and proc.returncode:
+    raise AssertionError(f"rc={proc.returncode}\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def _steps(workdir):
+  return sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*"))
+
+
+def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
+  wd = str(tmp_path / "wd")
+  _run("configs/retext.py:tiny", wd, cache, "--config.mesh.fsdp=True", devices=8)
+  res = json.load(open(f"{wd}/results.json"))
+  assert res["step"] == 6 and res["config_name"] == "retext_tiny"
+  target = res["targets"]["synthetic_target"]
+  assert set(target) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+  assert 0 < target["mAP"] <= 1 and target["rank1"] <= target["rank5"] <= target["rank10"]
+  assert glob.glob(f"{wd}/events.out.tfevents.*")
+  assert _steps(wd) == [3, 6]
+  assert glob.glob(f"{wd}/best/[0-9]*")
+  # The FSDP checkpoint of 8 devices restores on one device and reproduces the final metrics.
+  proc = _run("configs/retext.py:tiny", wd, cache, "--mode=eval", devices=1)
+  again = json.load(open(f"{wd}/results_eval_latest.json"))
+  assert again["step"] == 6
+  for k, v in target.items():
+    assert abs(again["targets"]["synthetic_target"][k] - v) < 1e-4, k
+  assert "rank-1" in proc.stdout
+
+
+def _wait_for(pred, proc, timeout=600):
+  start = time.time()
+  while not pred():
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended early, rc={proc.returncode}: {proc.stderr.read()[-3000:]}")
+    if time.time() - start > timeout:
+      proc.kill()
+      raise AssertionError("timed out waiting for a checkpoint")
+    time.sleep(0.2)
+
+
+def test_sigkill_then_resume_reaches_final_step(tmp_path, cache):
+  wd = str(tmp_path / "wd")
+  args = ["--config.total_steps=400", "--config.checkpoint_every=2", "--config.eval_every=0"]
+  proc = subprocess.Popen(_cmd(NO_TEXT, wd, cache, *args), cwd=ROOT, env=_env(),
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  _wait_for(lambda: len(_steps(wd)) >= 1, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(_steps(wd))
+  assert killed_at < 400
+  out = _run(NO_TEXT, wd, cache, "--config.total_steps=" + str(killed_at + 4),
+             "--config.checkpoint_every=2", "--config.eval_every=0")
+  assert f"resumed from {wd} at step {killed_at}" in out.stderr
+  assert max(_steps(wd)) == killed_at + 4
+
+
+def test_sigterm_saves_current_step(tmp_path, cache):
+  wd = str(tmp_path / "wd")
+  args = ["--config.total_steps=100000", "--config.checkpoint_every=50000",
+          "--config.eval_every=0", "--config.log_every=1"]
+  proc = subprocess.Popen(_cmd(NO_TEXT, wd, cache, *args), cwd=ROOT, env=_env(),
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  events = lambda: glob.glob(f"{wd}/events.out.tfevents.*")
+  _wait_for(lambda: events() and os.path.getsize(events()[0]) > 2000, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  steps = _steps(wd)
+  assert len(steps) == 1 and 0 < steps[0] < 50000, steps
+  assert f"saved step {steps[0]} and stopping" in err
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+    (["--config.data.synthetic_preset=", "--config.data.root=/nonexistent/reid"],
+     "/nonexistent/reid/source_market does not exist"),
+    (["--config.init.image=/nonexistent/vit_b16"], "/nonexistent/vit_b16 does not exist"),
+])
+def test_user_errors_are_one_line(tmp_path, cache, extra, expected):
+  proc = _run(NO_TEXT, str(tmp_path / "wd"), cache, *extra, check=False)
+  assert proc.returncode == 2
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
+  wd = str(tmp_path / "wd")
+  _run(NO_TEXT, wd, cache, "--config.total_steps=2", "--config.checkpoint_every=2",
+       "--config.eval_every=0")
+  # Resume with an absurd learning rate: the weights blow up and the loss becomes non-finite.
+  proc = _run(NO_TEXT, wd, cache, "--config.total_steps=50", "--config.eval_every=0",
+              "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
+              "--config.optim.clip_norm=0", check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
+  assert "non-finite loss at step" in line and "loss/" in line
+  assert _steps(wd) == [2]
