@@ -72,8 +72,8 @@ def main() -> None:
   with open(args.out, "w") as f:
     json.dump(rows, f, indent=2)
   pct = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}"
-  print(f"\n| row | training signals | target mAP (%) | target rank-1 (%) | step-0 mAP (%) |"
-        f"\n|---|---|---|---|---|")
+  print("\n| row | training signals | target mAP (%) | target rank-1 (%) | step-0 mAP (%) |"
+        "\n|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['row']} | {r['name']} | {pct(r['mAP'])} | {pct(r['rank1'])} "
           f"| {pct(r['mAP_step0'])} |")

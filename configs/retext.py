@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = dict(
       vit="base",  # tiny | small | base | large
+      depth=0,  # number of blocks; 0 = the named size's (12 for tiny/small/base)
       patch=16,
       stride=16,  # < patch gives TransReID's overlapping patches
       drop_path=0.1,
@@ -133,6 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = dict(
       name="adamw", lr=3.5e-5, head_lr_mult=10.0, weight_decay=0.05,
       warmup_steps=1_000, clip_norm=1.0, b1=0.9, b2=0.999, end_factor=0.01,
+      freeze="",  # regex of parameter paths kept fixed, e.g. "text_encoder/word_embeddings"
   )
 
   c.mesh = dict(fsdp=False, num_devices=0)  # 0 = all devices
@@ -143,9 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
 def demo_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.name = "retext_demo"
-  c.total_steps = 600
+  c.total_steps = 400
   c.log_every = 25
-  c.eval_every = 300
+  c.eval_every = 200
   c.checkpoint_every = 200
   c.data.synthetic_preset = "demo"
   c.data.sources = {
@@ -156,10 +158,11 @@ def demo_config() -> ml_collections.ConfigDict:
                                              options={})}
   c.input.update(image_size=(128, 64), multicam_p=8, multicam_k=4, singlecam_batch_size=16,
                  max_text_len=32, eval_batch=64)
-  c.model.update(vit="tiny", patch=16, stride=16, drop_path=0.0, embed_dim=128,
+  c.model.update(vit="tiny", depth=6, patch=16, stride=16, drop_path=0.0, embed_dim=128,
                  decoder_width=128, decoder_depth=1, decoder_heads=4)
   c.init.text = "minilm"
-  c.optim.update(lr=5e-4, head_lr_mult=1.0, warmup_steps=50)
+  c.optim.update(lr=5e-4, head_lr_mult=1.0, warmup_steps=50,
+                 freeze="text_encoder/word_embeddings")
   return c
 
 

@@ -16,6 +16,7 @@ from flax import traverse_util
 
 BACKBONE = "backbone"
 HEAD = "head"
+FROZEN = "frozen"
 _NO_DECAY = re.compile(r"(bias|scale|cls_token|pos_embedding|position_embed|token_type|norm|bn)")
 
 
@@ -28,13 +29,18 @@ def schedule(lr: float, total_steps: int, warmup_steps: int, end_factor: float =
   )
 
 
-def param_groups(params, backbone_prefixes: tuple[str, ...]):
-  """Labels each leaf BACKBONE if its path starts with one of `backbone_prefixes`, else HEAD."""
+def param_groups(params, backbone_prefixes: tuple[str, ...], freeze: str = ""):
+  """Labels each leaf FROZEN if its path matches the `freeze` regex, else BACKBONE if it starts
+  with one of `backbone_prefixes`, else HEAD. Paths look like "text_encoder/word_embeddings/..."."""
+  frozen = re.compile(freeze) if freeze else None
   flat = traverse_util.flatten_dict(params, sep="/")
-  labels = {
-      k: BACKBONE if any(k.startswith(p) for p in backbone_prefixes) else HEAD for k in flat
-  }
-  return traverse_util.unflatten_dict(labels, sep="/")
+
+  def label(k: str) -> str:
+    if frozen is not None and frozen.search(k):
+      return FROZEN
+    return BACKBONE if any(k.startswith(p) for p in backbone_prefixes) else HEAD
+
+  return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep="/")
 
 
 def decay_mask(params):
@@ -47,7 +53,8 @@ def make_optimizer(cfg: Mapping, total_steps: int, backbone_prefixes: tuple[str,
   """Returns (optax transformation, {group: schedule}) for logging the learning rates.
 
   cfg keys: name ("adamw"|"sgd"), lr, head_lr_mult, weight_decay, warmup_steps, clip_norm,
-  b1, b2, momentum (SGD), end_factor.
+  b1, b2, momentum (SGD), end_factor, freeze (regex of parameter paths left untouched: no
+  update and no optimizer state, e.g. "word_embeddings" to keep a pretrained vocabulary).
   """
   scheds = {
       BACKBONE: schedule(cfg["lr"], total_steps, cfg["warmup_steps"], cfg.get("end_factor", 0.0)),
@@ -68,9 +75,10 @@ def make_optimizer(cfg: Mapping, total_steps: int, backbone_prefixes: tuple[str,
       )
     raise ValueError(f"config.optim.name={cfg['name']!r}: expected 'adamw' or 'sgd'")
 
+  freeze = cfg.get("freeze", "")
   tx = optax.multi_transform(
-      {g: one(s) for g, s in scheds.items()},
-      lambda p: param_groups(p, backbone_prefixes),
+      {**{g: one(s) for g, s in scheds.items()}, FROZEN: optax.set_to_zero()},
+      lambda p: param_groups(p, backbone_prefixes, freeze),
   )
   if cfg.get("clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg["clip_norm"]), tx)

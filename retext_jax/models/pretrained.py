@@ -43,8 +43,9 @@ def image_encoder(model_cfg: Mapping[str, Any], image_size, path: str, num_camer
   extra = dict(drop_path_rate=model_cfg["drop_path"],
                num_cameras=num_cameras if model_cfg["camera_embedding"] else 0)
   if not path:
+    depth = {"num_layers": model_cfg["depth"]} if model_cfg["depth"] else {}
     cfg = vit.vit_config(model_cfg["vit"], model_cfg["patch"], image_size=image_size,
-                         stride=model_cfg["stride"], **extra)
+                         stride=model_cfg["stride"], **depth, **extra)
     return cfg, None
   if not os.path.exists(path):
     raise _missing("pretrained image encoder", path)
