@@ -138,7 +138,11 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.mesh = dict(fsdp=False, num_devices=0)  # 0 = all devices
-  c.eval = dict(features="student", max_rank=50)  # "student" | "momentum"
+  c.eval = dict(
+      features="student",  # "student" | "momentum" encoder
+      neck="after",  # retrieval feature "after" the BNNeck (BoT) or "before" it
+      max_rank=50,
+  )
   return c
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -91,13 +90,15 @@ def _merge(init: dict, loaded: dict) -> dict:
   return out
 
 
-def _meta(config, step: int, metrics: dict | None = None) -> dict:
+def _meta(config, step: int, metrics: dict, initial: dict | None) -> dict:
   return {"step": int(step), "config": config.to_dict(), "config_name": config.name,
-          "metrics": metrics or {}}
+          "metrics": metrics, "initial": initial}
 
 
 def _check_finite(step: int, metrics: dict) -> None:
-  bad = [k for k, v in metrics.items() if k.startswith("loss/") and not np.isfinite(v)]
+  """Stops on a NaN/Inf loss (or norm) before anything from this step is saved."""
+  bad = sorted((k for k, v in metrics.items() if not np.all(np.isfinite(v))),
+               key=lambda k: not k.startswith("loss/"))
   if bad:
     raise NonFiniteLossError(
         f"non-finite loss at step {step}: " + ", ".join(f"{k}={metrics[k]}" for k in bad)
@@ -105,14 +106,14 @@ def _check_finite(step: int, metrics: dict) -> None:
     )
 
 
-def _predict_fn(model: ReText, mesh, which: str):
+def _predict_fn(model: ReText, mesh, eval_cfg):
   @jax.jit
   def features(state, images):
     params = state["params"]
-    if which == "momentum":
+    if eval_cfg.features == "momentum":
       params = {**params, **state["ema"]}
     return model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                       method=ReText.features)
+                       eval_cfg.neck, method=ReText.features)
 
   def predict(state, images):
     return features(state, sharding.global_batch({"x": images}, mesh)["x"])
@@ -137,9 +138,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx, schedules = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
   state, shardings = init_state(config, model, tx, loaded, mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric or None)
-  start = ckpt.latest_step() or 0
+  start, initial = ckpt.latest_step() or 0, None
   if start:
-    state, _ = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings), start)
+    state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings), start)
+    initial = meta.get("initial")
     logging.info("resumed from %s at step %d", workdir, start)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -148,13 +150,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
     parameter_overview.log_parameter_overview(state["params"])
-    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+    writer.write_hparams(_flat_config(config))
   step_fn = jax.jit(
       make_train_step(model, tx, config.loss, schedules, model.config.vit.patch_size),
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
   )
-  predict = _predict_fn(model, mesh, config.eval.features)
+  predict = _predict_fn(model, mesh, config.eval)
   input_cfg = data.input_config(config)
   train_iter = data.train_iterator(config, sources, tokenizer, start)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
@@ -164,11 +166,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config.eval.max_rank)
 
   if start == 0 and config.eval_every:
-    initial = evaluate_now(state)
+    initial = evaluate_now(state)  # the untrained model: the baseline training must beat
     writer.write_scalars(0, {f"eval/{k}": v for k, v in _flatten(initial).items()})
     logging.info("step 0 (untrained) %s", _summary(initial))
   results, step = {}, start
-  last_saved = start
   with checkpointing.StopSignal() as stop, metric_writers.ensure_flushes(writer):
     while step < config.total_steps:
       batch = sharding.global_batch(next(train_iter), mesh)
@@ -186,20 +187,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))
         if config.best_metric:
-          ckpt.save_best(step, state, _meta(config, step, results),
+          ckpt.save_best(step, state, _meta(config, step, results, initial),
                          {config.best_metric: _headline(results, config.best_metric)})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-        ckpt.save(step, state, _meta(config, step, results))
-        last_saved = step
+        ckpt.save(step, state, _meta(config, step, results, initial))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
         break
-  del last_saved
   ckpt.close()
-  if step < config.total_steps:
+  if step < config.total_steps:  # stopped by a signal
     return {}
-  final = {"config_name": config.name, "step": step, "targets": results,
-           "initial": initial if start == 0 and config.eval_every else None}
+  if not results:  # resumed at the final step, or evaluation switched off during training
+    results = evaluate_now(state)
+  final = {"config_name": config.name, "step": step, "targets": results, "initial": initial}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(final, f, indent=2)
@@ -218,7 +218,7 @@ def evaluate(config, workdir: str, which: str = "latest") -> dict:
   state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings),
                              which=which)
   ckpt.close()
-  results = evaluators.evaluate_all(lambda x: _predict_fn(model, mesh, config.eval.features)(
+  results = evaluators.evaluate_all(lambda x: _predict_fn(model, mesh, config.eval)(
       state, x), sources.targets, data.input_config(config), config.input.eval_batch,
       config.eval.max_rank)
   final = {"config_name": config.name, "step": meta["step"], "targets": results,
@@ -248,6 +248,3 @@ def _flat_config(config) -> dict[str, Any]:
   walk("", config)
   return out
 
-
-def wall_clock() -> float:
-  return time.time()

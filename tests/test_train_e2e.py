@@ -133,8 +133,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
        "--config.eval_every=0")
   # Resume with an absurd learning rate: the weights blow up and the loss becomes non-finite.
   proc = _run(NO_TEXT, wd, cache, "--config.total_steps=50", "--config.eval_every=0",
-              "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
-              "--config.optim.clip_norm=0", check=False)
+              "--config.checkpoint_every=1000", "--config.optim.lr=1e8",
+              "--config.optim.warmup_steps=0", "--config.optim.clip_norm=0", check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
   assert "non-finite loss at step" in line and "loss/" in line

@@ -90,9 +90,10 @@ class ReText(nn.Module):
     return self.decoder(out["patch_tokens"], patch_mask, text_states, text_mask,
                         deterministic=not train)
 
-  def features(self, images):
-    """Retrieval feature at test time: the BNNeck output (BoT's 'after' neck feature)."""
-    return self.reid(images, train=False)["bn_feat"]
+  def features(self, images, neck: str = "after"):
+    """Retrieval feature at test time: after the BNNeck (BoT's default) or before it."""
+    out = self.reid(images, train=False)
+    return out["bn_feat"] if neck == "after" else out["feat"]
 
   def __call__(self, images, tokens=None, token_mask=None, patch_mask=None, *, train=False):
     """Touches every branch once (used by `init`)."""
