@@ -307,11 +307,13 @@ def random_patch_mask(rng: np.random.Generator, batch: int, num_patches: int,
 
 def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokenizer | None,
                        process_index: int, process_count: int) -> tf.data.Dataset:
-  if tokenizer is None:
-    raise ValueError("singlecam sources need a tokenizer (make_train_iterator(tokenizer=...))")
+  """Captioned images; without a tokenizer, images only (no caption needed, no token keys)."""
   checked, weights = _concat_checked(sources, cfg, "singlecam")
   recs, caps = [], []
   for i, src in enumerate(checked):
+    if tokenizer is None:
+      recs.append(list(src))
+      continue
     kept, c = _clean_captions(src, f"singlecam source {i}")
     if not kept:
       raise ValueError(f"singlecam source {i}: no record has a non-empty caption")
@@ -321,29 +323,31 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
   b = per_host(cfg.singlecam_batch_size, "singlecam_batch_size", process_count)
   sampler = sampling.StreamSampler([len(s) for s in recs], weights, b, cfg.seed, process_index,
                                    process_count)
-  # Only this host's records are tokenised (the others' captions are never drawn here).
-  mine = np.zeros(len(flat), bool)
-  mine[sampler.host_items()] = True
-  ids, tmask, first, count = tokenize_captions(
-      [c if m else [] for c, m in zip(caps, mine, strict=True)], tokenizer, cfg.max_text_len,
-      cfg.unk_threshold, cfg.unk_probe)
+  if tokenizer is not None:
+    # Only this host's records are tokenised (the others' captions are never drawn here).
+    mine = np.zeros(len(flat), bool)
+    mine[sampler.host_items()] = True
+    ids, tmask, first, count = tokenize_captions(
+        [c if m else [] for c, m in zip(caps, mine, strict=True)], tokenizer, cfg.max_text_len,
+        cfg.unk_threshold, cfg.unk_probe)
   paths = tf.constant([r.path for r in flat])
   pid = np.asarray([r.pid for r in flat], np.int32)
   n_patch, n_mask, length = cfg.num_patches, cfg.num_masked, cfg.max_text_len
+  text_keys = ("tokens", "token_mask") if tokenizer is not None else ()
 
   def gen():
     rng = np.random.default_rng([cfg.seed, process_index, 0x5343])
     for idx, _ in sampler:
-      cap = first[idx] + rng.integers(0, count[idx])
-      yield {"index": idx, "pid": pid[idx], "tokens": ids[cap].astype(np.int32),
-             "token_mask": tmask[cap].astype(np.int32),
-             "patch_mask": random_patch_mask(rng, b, n_patch, n_mask),
+      ex = {"index": idx, "pid": pid[idx]}
+      if tokenizer is not None:
+        cap = first[idx] + rng.integers(0, count[idx])
+        ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
+      yield {**ex, "patch_mask": random_patch_mask(rng, b, n_patch, n_mask),
              "seed": rng.integers(0, 2**31 - 1, size=(b, 2), dtype=np.int64)}
 
+  text_spec = {k: tf.TensorSpec([b, length], tf.int32) for k in text_keys}
   ds = tf.data.Dataset.from_generator(gen, output_signature={
-      "index": tf.TensorSpec([b], tf.int64), "pid": tf.TensorSpec([b], tf.int32),
-      "tokens": tf.TensorSpec([b, length], tf.int32),
-      "token_mask": tf.TensorSpec([b, length], tf.int32),
+      "index": tf.TensorSpec([b], tf.int64), "pid": tf.TensorSpec([b], tf.int32), **text_spec,
       "patch_mask": tf.TensorSpec([b, n_patch], tf.bool),
       "seed": tf.TensorSpec([b, 2], tf.int64)})
 
@@ -351,7 +355,7 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
   def load(ex):
     img = _load(tf.gather(paths, ex["index"]), cfg.image_size)
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(ex["seed"], 2))
-    out = {k: ex[k] for k in ("pid", "tokens", "token_mask", "patch_mask")}
+    out = {k: ex[k] for k in ("pid", *text_keys, "patch_mask")}
     out["view1"] = _train_view(img, s1, cfg, cfg.singlecam_erase_prob)
     out["view2"] = _train_view(img, s2, cfg, cfg.singlecam_erase_prob)
     return out

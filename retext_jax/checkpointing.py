@@ -70,9 +70,16 @@ class Checkpointer:
       step = mgr.best_step() if which == "best" else mgr.latest_step()
     if step is None:
       raise FileNotFoundError(f"no {which} checkpoint under {mgr.directory}")
-    out = mgr.restore(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
-    ))
+    try:
+      out = mgr.restore(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+      ))
+    except ValueError as e:
+      first = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ValueError(
+          f"checkpoint {mgr.directory}/{step} does not fit the state this config builds "
+          f"(were config.model, config.loss or config.optim changed?): {first}"
+      ) from e
     return out[STATE], out[META]
 
   def close(self) -> None:

@@ -129,10 +129,22 @@ def _headline(results: dict, key: str) -> float:
   return results["average" if "average" in results else next(iter(results))][key]
 
 
+def _check_batch_sizes(config, mesh) -> None:
+  """Global batches are split along `data`: each must divide by the device count."""
+  n = mesh.shape[sharding.DATA]
+  sizes = {"input.multicam_p * input.multicam_k": config.input.multicam_p * config.input.multicam_k,
+           "input.singlecam_batch_size": config.input.singlecam_batch_size,
+           "input.eval_batch": config.input.eval_batch}
+  bad = [f"{k}={v}" for k, v in sizes.items() if v % n]
+  if bad:
+    raise ValueError(f"batch sizes must be multiples of the {n} devices: " + ", ".join(bad))
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates on the targets, writes results.json; returns the final metrics."""
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.num_devices or None)
+  _check_batch_sizes(config, mesh)
   sources = data.load_sources(config)
   model, tokenizer, loaded = build_model(config, sources)
   tx, schedules = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
@@ -210,6 +222,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def evaluate(config, workdir: str, which: str = "latest") -> dict:
   """Restores a checkpoint (written on any device count) and evaluates it on the targets."""
   mesh = sharding.make_mesh(config.mesh.num_devices or None)
+  _check_batch_sizes(config, mesh)
   sources = data.load_sources(config)
   model, _, loaded = build_model(config, sources)
   tx, _ = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)

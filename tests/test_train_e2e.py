@@ -47,12 +47,14 @@ def _run(config, workdir, cache, *extra, devices=1, check=True):
 
 
 def _steps(workdir):
-  return sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*"))
+  names = (os.path.basename(p) for p in glob.glob(f"{workdir}/checkpoints/*"))
+  return sorted(int(n) for n in names if n.isdigit())  # skips orbax's in-progress *-tmp folders
 
 
 def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
   wd = str(tmp_path / "wd")
-  _run("configs/retext.py:tiny", wd, cache, "--config.mesh.fsdp=True", devices=8)
+  _run("configs/retext.py:tiny,singlecam_batch=8", wd, cache, "--config.mesh.fsdp=True",
+       devices=8)
   res = json.load(open(f"{wd}/results.json"))
   assert res["step"] == 6 and res["config_name"] == "retext_tiny"
   target = res["targets"]["synthetic_target"]
@@ -62,7 +64,7 @@ def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
   assert _steps(wd) == [3, 6]
   assert glob.glob(f"{wd}/best/[0-9]*")
   # The FSDP checkpoint of 8 devices restores on one device and reproduces the final metrics.
-  proc = _run("configs/retext.py:tiny", wd, cache, "--mode=eval", devices=1)
+  proc = _run("configs/retext.py:tiny,singlecam_batch=8", wd, cache, "--mode=eval", devices=1)
   again = json.load(open(f"{wd}/results_eval_latest.json"))
   assert again["step"] == 6
   for k, v in target.items():
@@ -99,24 +101,24 @@ def test_sigkill_then_resume_reaches_final_step(tmp_path, cache):
 
 def test_sigterm_saves_current_step(tmp_path, cache):
   wd = str(tmp_path / "wd")
-  args = ["--config.total_steps=100000", "--config.checkpoint_every=50000",
-          "--config.eval_every=0", "--config.log_every=1"]
+  args = ["--config.total_steps=100000", "--config.checkpoint_every=3",
+          "--config.keep_checkpoints=100", "--config.eval_every=0"]
   proc = subprocess.Popen(_cmd(NO_TEXT, wd, cache, *args), cwd=ROOT, env=_env(),
                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  events = lambda: glob.glob(f"{wd}/events.out.tfevents.*")
-  _wait_for(lambda: events() and os.path.getsize(events()[0]) > 2000, proc)
+  _wait_for(lambda: len(_steps(wd)) >= 1, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
-  steps = _steps(wd)
-  assert len(steps) == 1 and 0 < steps[0] < 50000, steps
-  assert f"saved step {steps[0]} and stopping" in err
+  stopped = [line for line in err.splitlines() if "signal 15 received" in line]
+  assert len(stopped) == 1, err[-3000:]
+  step = int(stopped[0].split("saved step ")[1].split()[0])
+  assert step >= 3 and max(_steps(wd)) == step < 100000
 
 
 @pytest.mark.parametrize("extra, expected", [
     (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--config.data.synthetic_preset=", "--config.data.root=/nonexistent/reid"],
-     "/nonexistent/reid/source_market does not exist"),
+     "/nonexistent/reid/SYNTH-PEDES does not exist"),
     (["--config.init.image=/nonexistent/vit_b16"], "/nonexistent/vit_b16 does not exist"),
 ])
 def test_user_errors_are_one_line(tmp_path, cache, extra, expected):
@@ -134,7 +136,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
   # Resume with an absurd learning rate: the weights blow up and the loss becomes non-finite.
   proc = _run(NO_TEXT, wd, cache, "--config.total_steps=50", "--config.eval_every=0",
               "--config.checkpoint_every=1000", "--config.optim.lr=1e8",
-              "--config.optim.warmup_steps=0", "--config.optim.clip_norm=0", check=False)
+              "--config.optim.warmup_steps=0", check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
   assert "non-finite loss at step" in line and "loss/" in line
