@@ -7,6 +7,7 @@ and writes `results.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -140,9 +141,28 @@ def _check_batch_sizes(config, mesh) -> None:
     raise ValueError(f"batch sizes must be multiples of the {n} devices: " + ", ".join(bad))
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains, evaluates on the targets, writes results.json; returns the final metrics."""
-  os.makedirs(workdir, exist_ok=True)
+@dataclasses.dataclass
+class _Run:
+  """Everything training and evaluation share: built once from the config."""
+
+  mesh: Any
+  sources: data.Sources
+  model: ReText
+  tokenizer: Any
+  tx: Any
+  schedules: dict
+  state: dict
+  shardings: Any
+  ckpt: checkpointing.Checkpointer
+  predict: Any  # jitted feature extractor, compiled once
+
+  def evaluate(self, config, state) -> dict:
+    return evaluators.evaluate_all(lambda x: self.predict(state, x), self.sources.targets,
+                                   data.input_config(config), config.input.eval_batch,
+                                   config.eval.max_rank)
+
+
+def _setup(config, workdir: str) -> _Run:
   mesh = sharding.make_mesh(config.mesh.num_devices or None)
   _check_batch_sizes(config, mesh)
   sources = data.load_sources(config)
@@ -150,6 +170,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx, schedules = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
   state, shardings = init_state(config, model, tx, loaded, mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric or None)
+  return _Run(mesh, sources, model, tokenizer, tx, schedules, state, shardings, ckpt,
+              _predict_fn(model, mesh, config.eval))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains, evaluates on the targets, writes results.json; returns the final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  run = _setup(config, workdir)
+  mesh, sources, model, state, shardings, ckpt = (run.mesh, run.sources, run.model, run.state,
+                                                  run.shardings, run.ckpt)
   start, initial = ckpt.latest_step() or 0, None
   if start:
     state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings), start)
@@ -164,18 +194,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     parameter_overview.log_parameter_overview(state["params"])
     writer.write_hparams(_flat_config(config))
   step_fn = jax.jit(
-      make_train_step(model, tx, config.loss, schedules, model.config.vit.patch_size),
+      make_train_step(model, run.tx, config.loss, run.schedules, model.config.vit.patch_size),
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
   )
-  predict = _predict_fn(model, mesh, config.eval)
-  input_cfg = data.input_config(config)
-  train_iter = data.train_iterator(config, sources, tokenizer, start)
+  train_iter = data.train_iterator(config, sources, run.tokenizer, start)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
-  evaluate_now = lambda s: evaluators.evaluate_all(
-      lambda x: predict(s, x), sources.targets, input_cfg, config.input.eval_batch,
-      config.eval.max_rank)
+  evaluate_now = lambda s: run.evaluate(config, s)
 
   if start == 0 and config.eval_every:
     initial = evaluate_now(state)  # the untrained model: the baseline training must beat
@@ -221,19 +247,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def evaluate(config, workdir: str, which: str = "latest") -> dict:
   """Restores a checkpoint (written on any device count) and evaluates it on the targets."""
-  mesh = sharding.make_mesh(config.mesh.num_devices or None)
-  _check_batch_sizes(config, mesh)
-  sources = data.load_sources(config)
-  model, _, loaded = build_model(config, sources)
-  tx, _ = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
-  state, shardings = init_state(config, model, tx, loaded, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric or None)
-  state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings),
-                             which=which)
-  ckpt.close()
-  results = evaluators.evaluate_all(lambda x: _predict_fn(model, mesh, config.eval)(
-      state, x), sources.targets, data.input_config(config), config.input.eval_batch,
-      config.eval.max_rank)
+  run = _setup(config, workdir)
+  state, meta = run.ckpt.restore(
+      checkpointing.abstract_with_shardings(run.state, run.shardings), which=which)
+  run.ckpt.close()
+  results = run.evaluate(config, state)
   final = {"config_name": config.name, "step": meta["step"], "targets": results,
            "checkpoint": which}
   with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:
