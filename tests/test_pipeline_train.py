@@ -152,8 +152,15 @@ def test_tokenizer_that_maps_words_to_unk_is_rejected(data, tmp_path):
   bad = load_tokenizer(str(vocab), check=False)
   with pytest.raises(ValueError, match=f"tokenizer from {vocab}.*UNK"):
     pipeline.make_train_iterator([], [(sc, 1.0)], BASE, tokenizer=bad)
-  with pytest.raises(ValueError, match="need a tokenizer"):
-    pipeline.make_train_iterator([], [(sc, 1.0)], BASE)
+
+
+def test_without_tokenizer_the_captioned_stream_is_images_only(data):
+  # The ablation's "captioned images without text" rows: views, ids and masks, no tokens.
+  _, sc = data
+  batch = next(pipeline.make_train_iterator([], [(sc, 1.0)], BASE))
+  assert sorted(batch) == ["singlecam/patch_mask", "singlecam/pid", "singlecam/view1",
+                           "singlecam/view2"]
+  assert batch["singlecam/view1"].shape == batch["singlecam/view2"].shape
 
 
 def test_empty_captions_are_skipped_and_logged(data, tok, caplog):
