@@ -397,7 +397,7 @@ def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
 
   Args:
     multicam_sources: `(records, weight)` pairs of labelled multi-camera data (ids unique across
-      sources: build them with records.combine); empty to train without the Re-ID part.
+      sources: build them with records.disjoint_ids); empty to train without the Re-ID part.
     singlecam_sources: `(records, weight)` pairs of captioned images; empty for "Re-ID only".
     cfg: InputConfig or a mapping / ConfigDict of its fields. Batch sizes are global.
     tokenizer: needed when singlecam_sources are given.

@@ -7,7 +7,7 @@ TFDS builders, evaluation) only sees these, never a dataset's own layout.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 TRAIN, QUERY, GALLERY, TEST = "train", "query", "gallery", "test"
 
@@ -80,16 +80,15 @@ def relabel(records: Sequence[Record]) -> list[Record]:
   return [dataclasses.replace(r, pid=mapping[r.pid]) for r in records]
 
 
-def combine(datasets: Iterable[ReIDDataset], name: str = "combined") -> list[Record]:
-  """Concatenates the training records of several datasets with disjoint id ranges.
+def disjoint_ids(sets: list[tuple[ReIDDataset, float]]
+                 ) -> tuple[list[tuple[list[Record], float]], int]:
+  """Training records of several sources with disjoint id ranges (one classifier over all).
 
-  Used when one part of a batch mixes several sources into a single classifier (protocols train
-  on several sources at once): ids are offset so that no two datasets share an id.
+  Each source's ids are relabelled 0..N-1 (sorted) and shifted past the previous sources'.
   """
-  out: list[Record] = []
-  offset = 0
-  for ds in datasets:
-    recs = relabel(ds.train)
-    out.extend(dataclasses.replace(r, pid=r.pid + offset) for r in recs)
+  out, offset = [], 0
+  for ds, weight in sets:
+    recs = [dataclasses.replace(r, pid=r.pid + offset) for r in relabel(ds.train)]
     offset += len({r.pid for r in recs})
-  return out
+    out.append((recs, weight))
+  return out, offset

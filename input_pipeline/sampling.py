@@ -105,7 +105,7 @@ class PKSampler:
       uniq = np.unique(src)
       if seen.intersection(uniq.tolist()):
         raise ValueError(f"multicam source {s} reuses person ids of an earlier source; "
-                         "combine sources with input_pipeline.records.combine")
+                         "combine sources with input_pipeline.records.disjoint_ids")
       seen.update(uniq.tolist())
       order = np.argsort(src, kind="stable")
       bounds = np.searchsorted(src[order], uniq)

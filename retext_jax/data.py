@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from absl import logging
 
 from input_pipeline import registry
-from input_pipeline.records import Record, ReIDDataset, combine, relabel
+from input_pipeline.records import Record, ReIDDataset, disjoint_ids
 
 MULTICAM, SINGLECAM = "multicam", "singlecam"
 
@@ -52,7 +52,6 @@ def _read(spec: Mapping, root: str, name: str) -> ReIDDataset:
 
 def load_sources(config) -> Sources:
   root = data_root(config)
-  multicam, singlecam, cams = [], [], 0
   mc_sets, sc_sets = [], []
   for name, spec in sorted(config.data.sources.items()):
     if spec["part"] not in (MULTICAM, SINGLECAM):
@@ -63,20 +62,12 @@ def load_sources(config) -> Sources:
     (mc_sets if spec["part"] == MULTICAM else sc_sets).append((ds, spec["weight"]))
   if not mc_sets:
     raise ValueError("config.data.sources has no multi-camera source (part='multicam')")
-  offset = 0
-  for ds, weight in mc_sets:
-    recs = combine([ds])
-    recs = [dataclasses.replace(r, pid=r.pid + offset) for r in recs]
-    offset += len({r.pid for r in recs})
-    cams = max(cams, ds.num_train_cams)
-    multicam.append((recs, weight))
-  sc_offset = 0
-  for ds, weight in sc_sets:
-    recs = [dataclasses.replace(r, pid=r.pid + sc_offset) for r in relabel(ds.train)]
-    sc_offset += len({r.pid for r in recs})
-    singlecam.append((recs, weight))
+  multicam, num_classes = disjoint_ids(mc_sets)
+  singlecam, num_sc_classes = disjoint_ids(sc_sets)
+  cams = max(ds.num_train_cams for ds, _ in mc_sets)
   targets = {name: _read(spec, root, name) for name, spec in sorted(config.data.targets.items())}
-  return Sources(multicam, singlecam, offset, sc_offset, cams, targets)
+  return Sources(multicam, singlecam, num_classes, num_sc_classes, cams, targets)
+
 
 
 def input_config(config):
