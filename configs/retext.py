@@ -103,7 +103,6 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path=0.1,
       camera_embedding=False,
       embed_dim=256,  # image/text matching projections
-      text_width=768,  # filled from the text encoder's config at init
       decoder_width=256,
       decoder_depth=2,
       decoder_heads=4,
