@@ -1,0 +1,40 @@
+"""`config.init.*`: pretrained weights named in a config reach the model they should."""
+
+import numpy as np
+import pytest
+from encoder_utils import save_tiny_vit
+
+from retext_jax.models import pretrained, vit
+from retext_jax.tools import convert
+
+MODEL_CFG = dict(vit="tiny", depth=0, patch=16, stride=16, drop_path=0.1, camera_embedding=True)
+
+
+@pytest.fixture(scope="module")
+def hf_vit(tmp_path_factory):
+  pytest.importorskip("torch", reason="builds the reference HF ViT (test extra)")
+  folder = tmp_path_factory.mktemp("hf_vit")
+  save_tiny_vit(folder, pooler=False)
+  return str(folder)
+
+
+def test_converted_vit_at_another_size_equals_direct_import(hf_vit, tmp_path):
+  # Converted at 224x224, loaded for 256x128: the position embeddings are resized from the
+  # stored 14x14 grid to 16x8, exactly as importing the HF folder at 256x128 does.
+  convert.convert(hf_vit, "vit", str(tmp_path / "conv"))
+  cfg, params = pretrained.image_encoder(MODEL_CFG, (256, 128), str(tmp_path / "conv"),
+                                         num_cameras=6)
+  direct, direct_cfg = vit.convert_checkpoint(hf_vit, image_size=(256, 128), stride=16)
+  assert cfg.grid == direct_cfg.grid == (16, 8)
+  np.testing.assert_allclose(params["pos_embed"], direct["pos_embed"], atol=1e-6)
+  np.testing.assert_array_equal(params["block_0"]["attn"]["query"]["kernel"],
+                                direct["block_0"]["attn"]["query"]["kernel"])
+  # Training options are the config's, not the checkpoint's.
+  assert cfg.num_cameras == 6 and cfg.drop_path_rate == 0.1 and cfg.hidden_size == 32
+
+
+def test_missing_pretrained_path_names_it():
+  with pytest.raises(FileNotFoundError, match="/no/such/vit"):
+    pretrained.image_encoder(MODEL_CFG, (256, 128), "/no/such/vit")
+  with pytest.raises(FileNotFoundError, match="/no/such/bert"):
+    pretrained.text_encoder("/no/such/bert")
