@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from input_pipeline import pipeline  # noqa: E402
+from input_pipeline import eval_pipeline, pipeline  # noqa: E402
 from input_pipeline.records import Record  # noqa: E402
 
 _CAPTION = "a {} wearing a {} jacket and {} trousers with a {} bag"
@@ -122,7 +122,7 @@ def main() -> None:
   eval_bs = 128
   passes = max(1, -(-2000 // len(test)))  # at least ~2000 images, so start-up does not dominate
   t0 = time.perf_counter()
-  eval_its = [pipeline.make_eval_iterator(test, cfg, eval_bs) for _ in range(passes)]
+  eval_its = [eval_pipeline.make_eval_iterator(test, cfg, eval_bs) for _ in range(passes)]
   eval_setup_s = (time.perf_counter() - t0) / passes
   next(eval_its[0])  # graph tracing and the first batch
   t0 = time.perf_counter()

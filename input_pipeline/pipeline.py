@@ -1,4 +1,6 @@
-"""tf.data pipelines that turn record lists into the numpy batches the trainer consumes.
+"""tf.data training pipelines: record lists in, the numpy batches the trainer consumes out.
+
+Evaluation pipelines (ordered, unaugmented) are in `eval_pipeline.py`.
 
 Train batches (per host; every key below `multicam/` or `singlecam/` is present only when that
 part has sources):
@@ -151,7 +153,7 @@ class InputConfig:
     return int(math.floor(self.mask_ratio * self.num_patches + 0.5))
 
 
-def _as_config(cfg: InputConfig | Mapping[str, Any]) -> InputConfig:
+def as_config(cfg: InputConfig | Mapping[str, Any]) -> InputConfig:
   return cfg if isinstance(cfg, InputConfig) else InputConfig.from_config(cfg)
 
 
@@ -165,7 +167,7 @@ def per_host(global_size: int, key: str, process_count: int) -> int:
 # ---------------------------------------------------------------- tf image functions
 
 
-def _load(path: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+def load_image(path: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
   img = augment.resize(augment.decode(tf.io.read_file(path)), size)
   img.set_shape([size[0], size[1], 3])
   return img
@@ -182,7 +184,7 @@ def _train_view(img: tf.Tensor, seed: tf.Tensor, cfg: InputConfig, erase_prob: f
                               cfg.erase_fill)
 
 
-def _finish(ds: tf.data.Dataset, prefetch: int) -> tf.data.Dataset:
+def finish(ds: tf.data.Dataset, prefetch: int) -> tf.data.Dataset:
   opts = tf.data.Options()
   opts.deterministic = True
   opts.experimental_optimization.map_parallelization = True
@@ -233,12 +235,12 @@ def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
 
   @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
   def load(ex):
-    img = _load(tf.gather(paths, ex["index"]), cfg.image_size)
+    img = load_image(tf.gather(paths, ex["index"]), cfg.image_size)
     return {"image": _train_view(img, ex["seed"], cfg, cfg.erase_prob),
             "pid": ex["pid"], "camid": ex["camid"]}
 
   ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _finish(ds.batch(n, drop_remainder=True), cfg.prefetch)
+  return finish(ds.batch(n, drop_remainder=True), cfg.prefetch)
 
 
 # ---------------------------------------------------------------- captioned single-camera part
@@ -353,7 +355,7 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
 
   @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
   def load(ex):
-    img = _load(tf.gather(paths, ex["index"]), cfg.image_size)
+    img = load_image(tf.gather(paths, ex["index"]), cfg.image_size)
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(ex["seed"], 2))
     out = {k: ex[k] for k in ("pid", *text_keys, "patch_mask")}
     out["view1"] = _train_view(img, s1, cfg, cfg.singlecam_erase_prob)
@@ -361,7 +363,7 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
     return out
 
   ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _finish(ds.batch(b, drop_remainder=True), cfg.prefetch)
+  return finish(ds.batch(b, drop_remainder=True), cfg.prefetch)
 
 
 # ---------------------------------------------------------------- public entry points
@@ -372,7 +374,7 @@ def make_train_dataset(multicam_sources: Sources, singlecam_sources: Sources,
                        tokenizer: TextTokenizer | None = None, process_index: int = 0,
                        process_count: int = 1) -> tf.data.Dataset:
   """The endless training tf.data.Dataset of flat-keyed batches (see the module docstring)."""
-  cfg = _as_config(cfg)
+  cfg = as_config(cfg)
   parts = {}
   if multicam_sources:
     parts["multicam"] = _multicam_dataset(multicam_sources, cfg, process_index, process_count)
@@ -406,94 +408,3 @@ def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
   ds = make_train_dataset(multicam_sources, singlecam_sources, cfg, tokenizer=tokenizer,
                           process_index=process_index, process_count=process_count)
   return ds.as_numpy_iterator()
-
-
-def _host_slice(n: int, batch_size: int, process_index: int, process_count: int
-                ) -> tuple[np.ndarray, int]:
-  """Positions 0..n-1 of this host (contiguous chunk) and the padded length (same on all hosts)."""
-  b = per_host(batch_size, "batch_size", process_count)
-  chunk = -(-n // process_count)
-  mine = np.arange(process_index * chunk, min((process_index + 1) * chunk, n))
-  return mine, max(1, -(-chunk // b)) * b
-
-
-def make_eval_iterator(records: Sequence[Record], cfg: InputConfig | Mapping[str, Any],
-                       batch_size: int, *, process_index: int = 0,
-                       process_count: int = 1) -> Iterator[Batch]:
-  """Ordered, unaugmented image batches of fixed shape for feature extraction.
-
-  Yields `image` float32 [b, H, W, 3], `pid` int32, `camid` int32, `index` int64 (position in
-  `records`; -1 for padding) and `valid` bool (False for padding in the last batch), with
-  b = batch_size / process_count. Hosts take contiguous chunks and yield the same number of
-  batches. Bad images are dropped (or raise) per `cfg.on_bad_image`; their positions never appear.
-  """
-  cfg = _as_config(cfg)
-  if not len(records):
-    raise ValueError("make_eval_iterator: no records")
-  ok = images.usable(records, level=cfg.image_check, on_bad_image=cfg.on_bad_image,
-                     what="eval records")
-  positions = np.flatnonzero(ok).astype(np.int64)
-  if not len(positions):
-    raise ValueError(f"make_eval_iterator: none of the {len(records)} images is usable")
-  mine, padded = _host_slice(len(positions), batch_size, process_index, process_count)
-  pos = np.full(padded, -1, np.int64)
-  pos[:len(mine)] = positions[mine]
-  valid = pos >= 0
-  src = np.where(valid, pos, positions[0])
-  pid = np.where(valid, [records[i].pid for i in src], -1).astype(np.int32)
-  camid = np.where(valid, [records[i].camid for i in src], -1).astype(np.int32)
-  paths = [records[i].path for i in src]
-
-  @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
-  def load(path, ex):
-    img = augment.normalize(_load(path, cfg.image_size), cfg.mean, cfg.std)
-    return {"image": img, **ex}
-
-  ds = tf.data.Dataset.from_tensor_slices(
-      (paths, {"pid": pid, "camid": camid, "index": pos, "valid": valid}))
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  b = per_host(batch_size, "batch_size", process_count)
-  return _finish(ds.batch(b, drop_remainder=True), cfg.prefetch).as_numpy_iterator()
-
-
-def make_text_eval_iterator(records: Sequence[Record], tokenizer: TextTokenizer, max_len: int,
-                            batch_size: int, *, process_index: int = 0, process_count: int = 1,
-                            unk_threshold: float = 0.05) -> Iterator[Batch]:
-  """Text queries for text-to-image retrieval: every caption of every record is one query (IRRA).
-
-  Yields `tokens`, `token_mask` int32 [b, L], `pid` int32, `index` int64 (query number, records
-  in order, captions in order; -1 for padding), `image_index` int64 (position of the captioned
-  record in `records`) and `valid` bool, b = batch_size / process_count.
-  """
-  rec_pos, caps = [], []
-  empty = 0
-  for i, r in enumerate(records):
-    for c in r.captions:
-      if c and c.strip():
-        rec_pos.append(i)
-        caps.append(c.strip())
-      else:
-        empty += 1
-  if empty:
-    logging.warning("text eval: skipped %d empty caption(s)", empty)
-  if not caps:
-    raise ValueError("make_text_eval_iterator: no record has a non-empty caption")
-  check_tokenizer(tokenizer, caps, unk_threshold)
-  mine, padded = _host_slice(len(caps), batch_size, process_index, process_count)
-  ids, mask = tokenizer.encode([caps[i] for i in mine], max_len)
-  n = len(mine)
-  query = np.full(padded, -1, np.int64)
-  query[:n] = mine
-  image_index = np.full(padded, -1, np.int64)
-  image_index[:n] = np.asarray(rec_pos, np.int64)[mine]
-  pid = np.full(padded, -1, np.int32)
-  pid[:n] = [records[i].pid for i in image_index[:n]]
-  tokens = np.full((padded, max_len), tokenizer.pad_id, np.int32)
-  tokens[:n] = ids
-  tmask = np.zeros((padded, max_len), np.int32)
-  tmask[:n] = mask
-  b = per_host(batch_size, "batch_size", process_count)
-  # A list, not a generator function: config and tokenizer errors surface at the call.
-  return iter([{"tokens": tokens[s:s + b], "token_mask": tmask[s:s + b], "pid": pid[s:s + b],
-                "index": query[s:s + b], "image_index": image_index[s:s + b],
-                "valid": query[s:s + b] >= 0} for s in range(0, padded, b)])

@@ -24,10 +24,10 @@ def extract(predict_fn: PredictFn, records, input_cfg, batch_size: int
   Images the pipeline skipped as unreadable (on_bad_image="skip") are absent: the positions
   say which records the rows belong to.
   """
-  from input_pipeline import pipeline
+  from input_pipeline import eval_pipeline
 
   feats, index = [], []
-  it = pipeline.make_eval_iterator(records, input_cfg, batch_size,
+  it = eval_pipeline.make_eval_iterator(records, input_cfg, batch_size,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
   for batch in it:

