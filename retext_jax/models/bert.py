@@ -22,10 +22,11 @@ import jax.numpy as jnp
 
 from retext_jax.models import layers
 from retext_jax.models import weights as W
+from retext_jax.models.configs import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(DictConfig):
   """BERT hyper-parameters, named as in our modules (HF names are mapped by from_hf_config)."""
 
   vocab_size: int = 30522
@@ -44,17 +45,6 @@ class BertConfig:
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown BertConfig fields {unknown}; known: {sorted(known)}")
-    return cls(**d)
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> BertConfig:

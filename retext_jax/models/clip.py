@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retext_jax.models.configs import PatchGrid
 from retext_jax.models.layers import PreNormBlock, padding_mask
 from retext_jax.models.weights import (
   Rule,
@@ -56,7 +57,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig:
+class CLIPVisionConfig(PatchGrid):
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -69,22 +70,6 @@ class CLIPVisionConfig:
   layer_norm_eps: float = 1e-5
   attn_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0  # linearly increasing over the blocks, as in timm / TransReID
-
-  def __post_init__(self):
-    object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
-    if min(self.image_size) < self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is smaller than the patch {self.patch_size}")
-
-  @property
-  def patch_stride(self) -> int:
-    return self.stride or self.patch_size
-
-  @property
-  def grid(self) -> tuple[int, int]:
-    """Patch rows, cols: (side - patch) // stride + 1 (leftover pixels are cropped, as HF)."""
-    return tuple((s - self.patch_size) // self.patch_stride + 1 for s in self.image_size)
 
 
 @dataclasses.dataclass(frozen=True)

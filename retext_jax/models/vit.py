@@ -31,6 +31,7 @@ import numpy as np
 
 from retext_jax.models import layers
 from retext_jax.models import weights as W
+from retext_jax.models.configs import DictConfig, PatchGrid
 
 _SIZES = {  # width, depth, heads (mlp = 4 x width)
   "tiny": (192, 12, 3),
@@ -41,7 +42,7 @@ _SIZES = {  # width, depth, heads (mlp = 4 x width)
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(PatchGrid, DictConfig):
   """ViT hyper-parameters. `stride` < `patch_size` gives TransReID's overlapping patches."""
 
   image_size: tuple[int, int] = (224, 224)
@@ -60,37 +61,6 @@ class ViTConfig:
   num_cameras: int = 0  # > 0 adds TransReID's side-information embedding
   camera_coef: float = 3.0  # TransReID's sie_xishu
   pooler: bool = False  # HF ViTPooler: Dense + tanh on the CLS token
-
-  def __post_init__(self):
-    object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
-    if min(self.image_size) < self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is smaller than the patch {self.patch_size}")
-
-  @property
-  def patch_stride(self) -> int:
-    return self.stride or self.patch_size
-
-  @property
-  def grid(self) -> tuple[int, int]:
-    """Patch grid (rows, cols): (side - patch) // stride + 1; leftover pixels are cropped."""
-    return tuple((s - self.patch_size) // self.patch_stride + 1 for s in self.image_size)
-
-  @property
-  def num_patches(self) -> int:
-    return self.grid[0] * self.grid[1]
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
-    return cls(**d)
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> ViTConfig:
