@@ -31,6 +31,12 @@ def _manager(path: str, keep: int, best_metric: str | None = None) -> ocp.Checkp
   return ocp.CheckpointManager(os.path.abspath(path), options=options, item_names=(STATE, META))
 
 
+def _save_args(state: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
+  return ocp.args.Composite(
+      **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}
+  )
+
+
 class Checkpointer:
   """Saves the train state with its config; restores onto whatever mesh the caller has now."""
 
@@ -43,23 +49,15 @@ class Checkpointer:
     return self.latest.latest_step()
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any], force: bool = False) -> None:
-    args = ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}
-    )
-    if step in self.latest.all_steps():
-      return
-    self.latest.save(step, args=args, force=force)
-    self.latest.wait_until_finished()
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=_save_args(state, meta), force=force)
+      self.latest.wait_until_finished()
 
   def save_best(self, step: int, state: Any, meta: Mapping[str, Any],
                 metrics: Mapping[str, float]) -> None:
-    if self.best is None or step in self.best.all_steps():
-      return
-    args = ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}
-    )
-    self.best.save(step, args=args, metrics=dict(metrics), force=True)
-    self.best.wait_until_finished()
+    if self.best is not None and step not in self.best.all_steps():
+      self.best.save(step, args=_save_args(state, meta), metrics=dict(metrics), force=True)
+      self.best.wait_until_finished()
 
   def restore(self, abstract_state: Any, step: int | None = None, which: str = "latest"):
     """Restores (state, meta). `abstract_state` holds ShapeDtypeStructs with target shardings."""

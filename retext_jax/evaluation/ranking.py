@@ -173,19 +173,26 @@ def evaluate_rank(
   if distmat.ndim != 2:
     raise ValueError(f"evaluate_rank: distmat must be 2-D, got shape {distmat.shape}.")
   nq, ng = distmat.shape
+  chunk = chunk_size or chunk_rows(ng)
+  chunks = ((s, distmat[s:s + chunk]) for s in range(0, nq, chunk))
+  return _rank_all(chunks, nq, ng, q_pids, g_pids, q_camids, g_camids, max_rank,
+                   "evaluate_rank")
+
+
+def _rank_all(chunks, nq: int, ng: int, q_pids, g_pids, q_camids, g_camids, max_rank: int,
+              who: str) -> dict:
+  """Checks the id arrays, then accumulates metrics over (first query row, distances) chunks."""
   q_pids = _check_lengths("q_pids", q_pids, nq)
   g_pids = _check_lengths("g_pids", g_pids, ng)
   if (q_camids is None) != (g_camids is None):
-    raise ValueError("evaluate_rank: pass both q_camids and g_camids, or neither.")
+    raise ValueError(f"{who}: pass both q_camids and g_camids, or neither.")
   if q_camids is not None:
     q_camids = _check_lengths("q_camids", q_camids, nq)
     g_camids = _check_lengths("g_camids", g_camids, ng)
-  max_rank = min(max_rank, ng)
-  chunk = chunk_size or chunk_rows(ng)
-  acc = _Accumulator(max_rank)
-  for s in range(0, nq, chunk):
-    sl = slice(s, s + chunk)
-    acc.add(*_rank_chunk(distmat[sl], q_pids[sl], g_pids,
+  acc = _Accumulator(min(max_rank, ng))
+  for s, dist in chunks:
+    sl = slice(s, s + dist.shape[0])
+    acc.add(*_rank_chunk(dist, q_pids[sl], g_pids,
                          None if q_camids is None else q_camids[sl], g_camids))
   return acc.result()
 
@@ -207,21 +214,10 @@ def evaluate_features(
   Scales to MSMT17 (11,659 x 82,161) within `memory_budget_bytes` plus the features.
   """
   nq, ng = len(q_feats), len(g_feats)
-  q_pids = _check_lengths("q_pids", q_pids, nq)
-  g_pids = _check_lengths("g_pids", g_pids, ng)
-  if (q_camids is None) != (g_camids is None):
-    raise ValueError("evaluate_features: pass both q_camids and g_camids, or neither.")
-  if q_camids is not None:
-    q_camids = _check_lengths("q_camids", q_camids, nq)
-    g_camids = _check_lengths("g_camids", g_camids, ng)
-  max_rank = min(max_rank, ng)
   chunk = chunk_size or chunk_rows(ng, memory_budget_bytes)
-  acc = _Accumulator(max_rank)
-  for s, dist in iter_distance_chunks(q_feats, g_feats, metric, chunk):
-    sl = slice(s, s + dist.shape[0])
-    acc.add(*_rank_chunk(dist, q_pids[sl], g_pids,
-                         None if q_camids is None else q_camids[sl], g_camids))
-  return acc.result()
+  chunks = iter_distance_chunks(q_feats, g_feats, metric, chunk)
+  return _rank_all(chunks, nq, ng, q_pids, g_pids, q_camids, g_camids, max_rank,
+                   "evaluate_features")
 
 
 def evaluate_text_to_image(
