@@ -9,6 +9,7 @@ half-written checkpoint that a resume would pick up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 STATE, META = "state", "meta"
 
@@ -84,6 +86,54 @@ class Checkpointer:
     self.latest.close()
     if self.best is not None:
       self.best.close()
+
+
+def restore_variables(workdir: str, which: str = "latest", step: int | None = None,
+                      keys: tuple[str, ...] = ("params", "batch_stats", "ema")
+                      ) -> tuple[dict, dict]:
+  """(state subtree `keys`, meta) of a checkpoint, on this host's first device, for inference.
+
+  Reads only the model variables, not the optimizer state, and needs no abstract train state:
+  shapes come from the checkpoint itself, so no config, data or device count must match.
+  """
+  folder = os.path.join(os.path.abspath(workdir), "checkpoints" if which == "latest" else which)
+  if which not in ("latest", "best"):
+    raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
+  steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) \
+      else []
+  if step is None and not steps:
+    raise FileNotFoundError(f"no {which} checkpoint under {folder} (is --workdir a training "
+                            "workdir?)")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} under {folder}; have {steps}")
+  path = os.path.join(folder, str(step))
+  meta = ocp.CheckpointManager(folder, item_names=(STATE, META)).restore(
+      step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+  ckptr = ocp.PyTreeCheckpointer()
+  with _absl_level(logging.ERROR):  # "metadata file does not exist" for items of a composite
+    tree = ckptr.metadata(os.path.join(path, STATE)).item_metadata.tree
+  missing = [k for k in keys if k not in tree]
+  if missing:
+    raise ValueError(f"checkpoint {path} has no {missing} in its state (keys: {sorted(tree)})")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), {k: tree[k] for k in keys})
+  with _absl_level(logging.ERROR):
+    variables = ckptr.restore(os.path.join(path, STATE), args=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True))
+  return variables, meta
+
+
+@contextlib.contextmanager
+def _absl_level(level: int):
+  previous = logging.get_verbosity()
+  logging.set_verbosity(level)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(previous)
 
 
 def abstract_with_shardings(state: Any, shardings: Any) -> Any:

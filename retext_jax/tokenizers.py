@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+# What a tokenizer is built from; copied beside converted weights and into training workdirs.
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.json", "merges.txt")
 _BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PROBE = "a man wearing a black jacket and blue jeans is walking with a red backpack"
 
@@ -80,6 +84,17 @@ def load_tokenizer(path: str, kind: str = "bert", *, check: bool = True) -> Text
         f"({tok.unknown_fraction():.0%} of {_PROBE!r}); is it the right vocabulary?"
     )
   return tok
+
+
+def copy_tokenizer_files(source: str, out_dir: str) -> list[str]:
+  """Copies the tokenizer files found in folder `source` (or beside file `source`) to `out_dir`."""
+  folder = source if os.path.isdir(source) else os.path.dirname(source)
+  found = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))]
+  if found:
+    os.makedirs(out_dir, exist_ok=True)
+  for name in found:
+    shutil.copy(os.path.join(folder, name), os.path.join(out_dir, name))
+  return found
 
 
 def _find(path: str, *names: str) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from retext_jax import checkpointing, data, evaluators, optim, sharding
+from retext_jax import checkpointing, data, evaluators, inference, optim, sharding, tokenizers
 from retext_jax.models import pretrained
 from retext_jax.models.retext import BACKBONE_KEYS, ReText, ReTextConfig
 from retext_jax.train_step import add_queue, create_state, make_train_step
@@ -91,9 +91,10 @@ def _merge(init: dict, loaded: dict) -> dict:
   return out
 
 
-def _meta(config, step: int, metrics: dict, initial: dict | None) -> dict:
+def _meta(config, model: ReText, step: int, metrics: dict, initial: dict | None) -> dict:
+  """What is saved beside the state: enough to rebuild the model without the training data."""
   return {"step": int(step), "config": config.to_dict(), "config_name": config.name,
-          "metrics": metrics, "initial": initial}
+          "model": model.config.to_dict(), "metrics": metrics, "initial": initial}
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -110,11 +111,8 @@ def _check_finite(step: int, metrics: dict) -> None:
 def _predict_fn(model: ReText, mesh, eval_cfg):
   @jax.jit
   def features(state, images):
-    params = state["params"]
-    if eval_cfg.features == "momentum":
-      params = {**params, **state["ema"]}
-    return model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                       eval_cfg.neck, method=ReText.features)
+    return model.apply(inference.eval_variables(state, eval_cfg.features), images, eval_cfg.neck,
+                       method=ReText.features)
 
   def predict(state, images):
     return features(state, sharding.global_batch({"x": images}, mesh)["x"])
@@ -188,6 +186,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    if run.tokenizer is not None:  # tools that embed text read it from here
+      tokenizers.copy_tokenizer_files(run.tokenizer.source,
+                                      os.path.join(workdir, inference.TOKENIZER_DIR))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
@@ -225,10 +226,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))
         if config.best_metric:
-          ckpt.save_best(step, state, _meta(config, step, results, initial),
+          ckpt.save_best(step, state, _meta(config, model, step, results, initial),
                          {config.best_metric: _headline(results, config.best_metric)})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-        ckpt.save(step, state, _meta(config, step, results, initial))
+        ckpt.save(step, state, _meta(config, model, step, results, initial))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
         break

@@ -232,10 +232,13 @@ def evaluate_text_to_image(
 
   No camera filtering. `similarity=True` ranks by descending score (IRRA's cosine similarity).
   Returns fractions: R1, R5, R10 (those <= max_rank), mAP, mINP, num_valid_queries, cmc.
+  CMC has min(max_rank, G) entries.
   """
   scores = np.asarray(sim_or_dist)
   dist = -scores if similarity else scores
   out = evaluate_rank(dist, q_pids, g_pids, None, None, max_rank=max_rank, chunk_size=chunk_size)
-  result = {f"R{k}": float(out["cmc"][k - 1]) for k in (1, 5, 10) if k <= len(out["cmc"])}
+  # A gallery shorter than k: every query's match is within rank k, so R@k = R@G.
+  cmc = out["cmc"]
+  result = {f"R{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10) if k <= max_rank}
   result.update(out)
   return result

@@ -10,6 +10,7 @@ nor compute.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,6 +35,16 @@ class ReTextConfig:
   decoder_depth: int = 2
   decoder_heads: int = 4
   num_masked: int = 0  # patches masked per image for reconstruction (static under jit)
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-able; saved with every checkpoint so tools rebuild the model without the data."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> ReTextConfig:
+    text = d.get("text")
+    return cls(**{**d, "vit": vit.config_from_dict(d["vit"]),
+                  "text": None if text is None else bert.config_from_dict(text)})
 
 
 class ReText(nn.Module):
@@ -63,12 +74,14 @@ class ReText(nn.Module):
           depth=c.decoder_depth, num_heads=c.decoder_heads, dtype=self.dtype,
       )
 
+  def _neck(self, images, camids, train: bool):
+    camera = camids if self.config.vit.num_cameras else None
+    feat = self.image_encoder(images, camera=camera, train=train)["cls"].astype(jnp.float32)
+    return feat, self.bnneck(feat, use_running_average=not train)
+
   def reid(self, images, camids=None, *, train: bool = False):
     """Multi-camera branch: pre-BN feature (triplet), BNNeck feature and ID logits."""
-    camera = camids if self.config.vit.num_cameras else None
-    feat = self.image_encoder(images, camera=camera, train=train)["cls"]
-    feat = feat.astype(jnp.float32)
-    bn = self.bnneck(feat, use_running_average=not train)
+    feat, bn = self._neck(images, camids, train)
     return {"feat": feat, "bn_feat": bn, "logits": self.classifier(bn)}
 
   def embed_image(self, images, *, train: bool = False):
@@ -92,8 +105,8 @@ class ReText(nn.Module):
 
   def features(self, images, neck: str = "after"):
     """Retrieval feature at test time: after the BNNeck (BoT's default) or before it."""
-    out = self.reid(images, train=False)
-    return out["bn_feat"] if neck == "after" else out["feat"]
+    feat, bn = self._neck(images, None, train=False)
+    return bn if neck == "after" else feat
 
   def __call__(self, images, tokens=None, token_mask=None, patch_mask=None, *, train=False):
     """Touches every branch once (used by `init`)."""

@@ -17,7 +17,6 @@ import argparse
 import importlib
 import json
 import os
-import shutil
 import sys
 from typing import Any
 
@@ -25,13 +24,11 @@ import jax
 import numpy as np
 
 from retext_jax.models.weights import WeightImportError
+from retext_jax.tokenizers import copy_tokenizer_files
 
 KINDS = ("vit", "bert", "clip")
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
-# Copied beside the params so a converted text encoder carries its own tokenizer.
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
 def _model_module(kind: str):
@@ -63,10 +60,8 @@ def convert(source: str, kind: str, out_dir: str, **options: Any) -> tuple[dict,
   meta = {"kind": kind, "source": os.path.abspath(os.fspath(source)), "config": config.to_dict()}
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump(meta, f, indent=2)
-  if os.path.isdir(source):
-    for name in TOKENIZER_FILES:
-      if os.path.isfile(os.path.join(source, name)):
-        shutil.copy(os.path.join(source, name), os.path.join(out_dir, name))
+  if os.path.isdir(source):  # a converted text encoder carries its own tokenizer
+    copy_tokenizer_files(os.fspath(source), out_dir)
   return params, config
 
 

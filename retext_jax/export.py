@@ -1,0 +1,81 @@
+"""The feature extractor as a serialized `jax.export` artifact: no Flax, no config, no checkpoint.
+
+`export_extractor(trained, out_dir)` writes
+  extractor.jax_exported   StableHLO with the weights inside; batch dimension symbolic
+  preprocessing.json       image size, mean/std, and how the pixels must be prepared
+The exported function takes RGB pixels float32 [b, H, W, 3] in [0, 255], already resized to
+(H, W) as the evaluation pipeline does (tf.image.resize, bilinear, no antialias), normalises them
+and returns the L2-normalised Re-ID features the framework computes (`inference.image_features`).
+`load_extractor(out_dir)` gives back a callable; it needs only `jax`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ARTIFACT = "extractor.jax_exported"
+PREPROCESSING = "preprocessing.json"
+FEATURE_KEYS = ("image_encoder", "bnneck")  # the parameters the Re-ID feature depends on
+
+
+def extractor_fn(trained) -> Callable[[jax.Array], jax.Array]:
+  """pixels [b, H, W, 3] in [0, 255] -> features, with the weights closed over."""
+  features = trained.features_fn()
+  # Only what ReText.features reads: the text encoder and heads would otherwise be serialized.
+  params = trained.variables["params"]
+  variables = {**trained.variables, "params": {k: params[k] for k in FEATURE_KEYS if k in params}}
+  mean = jnp.asarray(trained.config.input.mean, jnp.float32)
+  std = jnp.asarray(trained.config.input.std, jnp.float32)
+
+  def fn(pixels):
+    return features(variables, (pixels.astype(jnp.float32) / 255.0 - mean) / std)
+
+  return fn
+
+
+def export_extractor(trained, out_dir: str, platforms: tuple[str, ...] = ("cpu",)) -> str:
+  """Serializes the extractor for `platforms` (e.g. ("cpu", "cuda", "tpu")); returns the path."""
+  from retext_jax import inference
+
+  h, w = trained.image_size
+  (b,) = jax.export.symbolic_shape("b")
+  exported = jax.export.export(jax.jit(extractor_fn(trained)), platforms=platforms)(
+      jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, ARTIFACT)
+  with open(path, "wb") as f:
+    f.write(exported.serialize())
+  prep = {**inference.preprocessing(trained.config),
+          "input": "float32 [batch, H, W, 3] RGB pixels in [0, 255] after the resize; "
+                   "normalisation happens inside the exported function",
+          "platforms": list(platforms), "workdir": trained.workdir, "step": trained.step,
+          "feature_dim": int(exported.out_avals[0].shape[-1])}
+  with open(os.path.join(out_dir, PREPROCESSING), "w") as f:
+    json.dump(prep, f, indent=2)
+  return path
+
+
+def load_extractor(out_dir: str) -> Callable[[np.ndarray], np.ndarray]:
+  """The exported extractor: pixels [b, H, W, 3] (float or uint8, 0..255) -> features [b, D]."""
+  path = os.path.join(out_dir, ARTIFACT)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist (write it with "
+                            "python -m retext_jax.tools.export)")
+  with open(path, "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  h, w = exported.in_avals[0].shape[1:3]
+
+  def call(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels, np.float32)
+    if pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
+      raise ValueError(f"exported extractor expects pixels [batch, {h}, {w}, 3], got "
+                       f"{pixels.shape}; resize as {PREPROCESSING} says")
+    return np.asarray(exported.call(pixels))
+
+  return call
