@@ -27,7 +27,8 @@ Presets (`--config=configs/retext.py:PRESET[,key=value,...]`):
       --config.init.text=/ckpt/bert_base
 
 Overrides after the preset use short names: steps, batch (P), k, lr, seed, lambda_iam,
-lambda_sp, lambda_rec, lambda_sc_id, protocol (p2_c3 | p2_ms | p2_m | p1), e.g.
+lambda_sp, lambda_rec, lambda_sc_id, protocol (p1, p2_*/p3_* leave-one-out, m_to_ms, ...: see
+retext_jax/protocols.py), e.g.
 `configs/retext.py:demo,steps=300,lambda_rec=0`. Any field can also be set with
 `--config.<path>=value`; unknown keys are errors.
 """
@@ -36,14 +37,11 @@ from __future__ import annotations
 
 import ml_collections
 
-# Protocol-2 leave-one-out directions (research/papers.md section 5). Folder names follow the
-# torchreid conventions the readers accept under `data.root`.
-PROTOCOLS = {
-    "p2_c3": (("market1501", "msmt17", "cuhksysu"), ("cuhk03_np",)),
-    "p2_ms": (("market1501", "cuhksysu", "cuhk03_np"), ("msmt17",)),
-    "p2_m": (("msmt17", "cuhksysu", "cuhk03_np"), ("market1501",)),
-    "p1": (("market1501", "cuhk02", "cuhk03_np", "cuhksysu"), ("prid", "grid", "viper", "ilids")),
-}
+from retext_jax import protocols
+
+# Image Re-ID protocols with real sources (retext_jax/protocols.py): what `protocol=` may name.
+TRAINING_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
+                           if p.task == protocols.REID and not n.startswith("synthetic"))
 
 _SHORT = {
     "steps": "total_steps", "batch": "input.multicam_p", "k": "input.multicam_k", "lr": "optim.lr",
@@ -215,12 +213,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if key not in _SHORT:
       raise KeyError(f"unknown config override {key!r}; known: {', '.join(sorted(_SHORT))}")
     _set(c, _SHORT[key], value)
-  if c.protocol not in PROTOCOLS:
-    raise ValueError(f"unknown protocol {c.protocol!r}; expected one of {sorted(PROTOCOLS)}")
+  if c.protocol not in TRAINING_PROTOCOLS:
+    raise ValueError(f"unknown protocol {c.protocol!r}; expected one of {TRAINING_PROTOCOLS}")
   if not c.data.sources and not c.data.synthetic_preset:
-    sources, targets = PROTOCOLS[c.protocol]
-    c.data.sources = {s: _source(s, s, "multicam") for s in sources}
+    proto = protocols.get(c.protocol)
+    options = {"combineall": True} if proto.combineall else {}
+    c.data.sources = {s: _source(s, s, "multicam", **options) for s in proto.sources}
     c.data.sources["synthpedes"] = _source("synthpedes", "SYNTH-PEDES", "singlecam")
-    c.data.targets = {t: dict(reader=t, root=t, options={}) for t in targets}
+    # Evaluated during training on split 0; evaluate_protocol averages all splits afterwards.
+    c.data.targets = {t.reader: dict(reader=t.reader, root=t.root, options={})
+                      for t in proto.targets}
   c.lock()
   return c
