@@ -96,9 +96,9 @@ def restore_variables(workdir: str, which: str = "latest", step: int | None = No
   Reads only the model variables, not the optimizer state, and needs no abstract train state:
   shapes come from the checkpoint itself, so no config, data or device count must match.
   """
-  folder = os.path.join(os.path.abspath(workdir), "checkpoints" if which == "latest" else which)
   if which not in ("latest", "best"):
     raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
+  folder = os.path.join(os.path.abspath(workdir), "checkpoints" if which == "latest" else which)
   steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) \
       else []
   if step is None and not steps:

@@ -91,12 +91,34 @@ def get(name: str) -> Protocol:
 # ------------------------------------------------------------------------------------- runner
 
 
-def _reid_metrics(trained, dataset, batch_size: int, rerank: bool, max_rank: int,
-                  progress: bool) -> dict:
+class _FeatureCache:
+  """Features by image path: the 10 splits of a Protocol-1 target reuse the same images, so
+  each image goes through the model once."""
+
+  def __init__(self, trained, kind: str, batch_size: int, progress: bool):
+    self.trained, self.kind, self.batch_size, self.progress = trained, kind, batch_size, progress
+    self.rows: dict[str, np.ndarray] = {}
+
+  def __call__(self, records: Sequence, what: str):
+    from retext_jax.evaluators import Features
+
+    todo = list({r.path: r for r in records if r.path not in self.rows}.values())
+    if todo:
+      f = self.trained.embed_records(todo, self.kind, self.batch_size,
+                                     what if self.progress else None)
+      self.rows.update(zip((r.path for r in f.records), f.feats, strict=True))
+    kept = [r for r in records if r.path in self.rows]  # unreadable images are skipped
+    if not kept:
+      raise ValueError(f"{what}: none of the {len(records)} images could be read")
+    return Features(np.stack([self.rows[r.path] for r in kept]),
+                    np.asarray([r.pid for r in kept]), np.asarray([r.camid for r in kept]), kept)
+
+
+def _reid_metrics(embed: _FeatureCache, dataset, rerank: bool, max_rank: int) -> dict:
   from retext_jax import evaluation
-  bar = lambda what: f"{dataset.name} {what}" if progress else None
-  q = trained.embed_records(dataset.query, "reid", batch_size, bar("query"))
-  g = trained.embed_records(dataset.gallery, "reid", batch_size, bar("gallery"))
+
+  q = embed(dataset.query, f"{dataset.name} query")
+  g = embed(dataset.gallery, f"{dataset.name} gallery")
   if rerank:
     dist = evaluation.k_reciprocal_rerank(q.feats, g.feats)
     res = evaluation.evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank)
@@ -107,10 +129,11 @@ def _reid_metrics(trained, dataset, batch_size: int, rerank: bool, max_rank: int
           "cmc": res["cmc"].tolist(), "num_query": len(q.pids), "num_gallery": len(g.pids)}
 
 
-def _text_metrics(trained, dataset, batch_size: int, max_rank: int, progress: bool) -> dict:
+def _text_metrics(embed: _FeatureCache, dataset, max_rank: int) -> dict:
   from retext_jax import evaluation
-  g = trained.embed_records(dataset.test, "matching", batch_size,
-                           f"{dataset.name} images" if progress else None)
+
+  trained, batch_size = embed.trained, embed.batch_size
+  g = embed(dataset.test, f"{dataset.name} images")
   captions = [(c.strip(), r.pid) for r in g.records for c in r.captions if c.strip()]
   if not captions:
     raise ValueError(f"{dataset.name} under {dataset.root}: no test image has a caption")
@@ -138,6 +161,8 @@ def run(trained, name: str, data_root: str, batch_size: int = 64, rerank: bool =
   from input_pipeline import registry
 
   protocol = get(name)
+  if max_rank < 10:
+    raise ValueError(f"max_rank must be at least 10 (CMC up to rank 10), got {max_rank}")
   if rerank and protocol.task == TEXT:
     raise ValueError("--rerank applies to Re-ID protocols, not text-to-image")
   keys = protocol.metrics if protocol.task == TEXT else ("mAP", "R1", "mINP")
@@ -148,11 +173,12 @@ def run(trained, name: str, data_root: str, batch_size: int = 64, rerank: bool =
       raise FileNotFoundError(f"protocol {name}: {t.name} folder {root} does not exist "
                               "(set --data_root to the parent of the dataset folders)")
     runs = []
+    embed = _FeatureCache(trained, "reid" if protocol.task == REID else "matching", batch_size,
+                          progress)
     for split in range(t.splits):
       ds = registry.get_dataset(t.reader, root, **({"split_id": split} if t.splits > 1 else {}))
-      runs.append(_reid_metrics(trained, ds, batch_size, rerank, max_rank, progress)
-                  if protocol.task == REID else
-                  _text_metrics(trained, ds, batch_size, max_rank, progress))
+      runs.append(_reid_metrics(embed, ds, rerank, max_rank) if protocol.task == REID else
+                  _text_metrics(embed, ds, max_rank))
     targets[t.name] = {**_mean(runs, keys), **({"splits": runs} if t.splits > 1 else
                                                 {k: runs[0][k] for k in ("num_query",
                                                                          "num_gallery")})}

@@ -24,7 +24,9 @@ def trained_workdir(tmp_path_factory):
 
   from filelock import FileLock
 
-  shared = tmp_path_factory.getbasetemp().parent  # the same folder for all xdist workers
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = shared.parent  # this run's folder, the same for all xdist workers
   workdir, cache = shared / "trained_tiny", shared / "trained_tiny_data"
   with FileLock(str(shared / "trained_tiny.lock")):
     if not (workdir / "results.json").exists():

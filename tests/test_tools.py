@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from reader_utils import write_images
 from test_evaluation import loop_reference
 
 from input_pipeline import registry
@@ -219,3 +220,44 @@ def test_exported_extractor_equals_framework_features(trained, tmp_path):
     assert np.abs(got - framework[batch]).max() <= 1e-5
   with pytest.raises(ValueError, match="expects pixels"):
     extractor(pixels[:, :10])
+
+
+def _write_protocol1_targets(root):
+  write_images(root / "prid" / "cam_a", [f"person_{i:04d}.png" for i in range(1, 201)])
+  write_images(root / "prid" / "cam_b", [f"person_{i:04d}.png" for i in range(1, 206)])
+  write_images(root / "grid" / "probe", [f"{i:04d}_{i % 8 + 1}_25004_107_32_130.jpeg"
+                                         for i in range(1, 9)])
+  write_images(root / "grid" / "gallery", [f"{i:04d}_{(i + 3) % 8 + 1}_25004_108_31_120.jpeg"
+                                           for i in range(1, 9)] + ["0000_2_25004_9_10_90.jpeg"])
+  write_images(root / "viper" / "cam_a", [f"{i:03d}_45.bmp" for i in range(8)])
+  write_images(root / "viper" / "cam_b", [f"{i:03d}_90.bmp" for i in range(8)])
+  write_images(root / "ilids" / "Persons", [f"{p:04d}{n:03d}.jpg" for p in range(1, 9)
+                                            for n in range(1, 3 + p % 2)])
+
+
+def test_protocol1_averages_ten_splits_and_embeds_each_image_once(trained, tmp_path,
+                                                                   monkeypatch):
+  model, _ = trained
+  _write_protocol1_targets(tmp_path)
+  embedded = []
+  original = type(model).embed_records
+
+  def counting(self, records, *args, **kwargs):
+    embedded.extend(r.path for r in records)
+    return original(self, records, *args, **kwargs)
+
+  monkeypatch.setattr(type(model), "embed_records", counting)
+  res = protocols.run(model, "p1", str(tmp_path), progress=False)
+  assert len(embedded) == len(set(embedded))  # the splits share the cached features
+  assert list(res["targets"]) == ["PRID", "GRID", "VIPeR", "iLIDS"]
+  for target in res["targets"].values():
+    assert len(target["splits"]) == 10
+    assert target["mAP"] == pytest.approx(np.mean([s["mAP"] for s in target["splits"]]))
+  assert res["average"]["R1"] == pytest.approx(np.mean([t["R1"] for t in
+                                                        res["targets"].values()]))
+  ds = registry.get_dataset("viper", str(tmp_path / "viper"), split_id=3)
+  q, g = (model.embed_records(x, "reid") for x in (ds.query, ds.gallery))
+  ref = loop_reference(1 - q.feats @ g.feats.T, q.pids, g.pids, q.camids, g.camids, 50)
+  split = res["targets"]["VIPeR"]["splits"][3]
+  assert split["mAP"] == pytest.approx(ref["mAP"], abs=1e-6)
+  np.testing.assert_allclose(split["cmc"], ref["cmc"], atol=1e-6)
