@@ -1,12 +1,14 @@
-"""The feature extractor as a serialized `jax.export` artifact: no Flax, no config, no checkpoint.
+"""The feature extractor exported for deployment: no Flax, no config, no checkpoint.
 
 `export_extractor(trained, out_dir)` writes
-  extractor.jax_exported   StableHLO with the weights inside; batch dimension symbolic
+  extractor.jax_exported   serialized `jax.export` StableHLO, weights inside, batch symbolic
   preprocessing.json       image size, mean/std, and how the pixels must be prepared
-The exported function takes RGB pixels float32 [b, H, W, 3] in [0, 255], already resized to
-(H, W) as the evaluation pipeline does (tf.image.resize, bilinear, no antialias), normalises them
-and returns the L2-normalised Re-ID features the framework computes (`inference.image_features`).
-`load_extractor(out_dir)` gives back a callable; it needs only `jax`.
+and `export_saved_model(trained, out_dir)` a TF SavedModel (jax2tf) with the same function as its
+`serving_default` signature, for TF Serving and TF tooling. The function takes RGB pixels float32
+[b, H, W, 3] in [0, 255], already resized to (H, W) as the evaluation pipeline does
+(tf.image.resize, bilinear, no antialias), normalises them and returns the L2-normalised Re-ID
+features the framework computes (`inference.image_features`). `load_extractor(out_dir)` gives
+back a callable for the first format; it needs only `jax`.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ def extractor_fn(trained) -> Callable[[jax.Array], jax.Array]:
 
 def export_extractor(trained, out_dir: str, platforms: tuple[str, ...] = ("cpu",)) -> str:
   """Serializes the extractor for `platforms` (e.g. ("cpu", "cuda", "tpu")); returns the path."""
-  from retext_jax import inference
-
   h, w = trained.image_size
   (b,) = jax.export.symbolic_shape("b")
   exported = jax.export.export(jax.jit(extractor_fn(trained)), platforms=platforms)(
@@ -51,14 +51,39 @@ def export_extractor(trained, out_dir: str, platforms: tuple[str, ...] = ("cpu",
   path = os.path.join(out_dir, ARTIFACT)
   with open(path, "wb") as f:
     f.write(exported.serialize())
+  _write_preprocessing(trained, out_dir, int(exported.out_avals[0].shape[-1]),
+                       platforms=list(platforms))
+  return path
+
+
+def export_saved_model(trained, out_dir: str) -> str:
+  """Writes a TF SavedModel (signature `serving_default`: pixels -> features) to `out_dir`."""
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  h, w = trained.image_size
+  converted = jax2tf.convert(extractor_fn(trained), polymorphic_shapes=["(b, ...)"],
+                             with_gradient=False)
+  module = tf.Module()
+  module.features = tf.function(
+      lambda pixels: {"features": converted(pixels)}, autograph=False,
+      input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="pixels")])
+  tf.saved_model.save(module, out_dir,
+                      signatures={"serving_default": module.features.get_concrete_function()})
+  dim = module.features.get_concrete_function().structured_outputs["features"].shape[-1]
+  _write_preprocessing(trained, out_dir, int(dim), format="tf_saved_model")
+  return out_dir
+
+
+def _write_preprocessing(trained, out_dir: str, feature_dim: int, **extra) -> None:
+  from retext_jax import inference
+
   prep = {**inference.preprocessing(trained.config),
           "input": "float32 [batch, H, W, 3] RGB pixels in [0, 255] after the resize; "
                    "normalisation happens inside the exported function",
-          "platforms": list(platforms), "workdir": trained.workdir, "step": trained.step,
-          "feature_dim": int(exported.out_avals[0].shape[-1])}
+          "workdir": trained.workdir, "step": trained.step, "feature_dim": feature_dim, **extra}
   with open(os.path.join(out_dir, PREPROCESSING), "w") as f:
     json.dump(prep, f, indent=2)
-  return path
 
 
 def load_extractor(out_dir: str) -> Callable[[np.ndarray], np.ndarray]:

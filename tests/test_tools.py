@@ -143,6 +143,12 @@ def test_protocol_runner_matches_the_per_query_loop(trained, tmp_path):
   table = (out / "synthetic.md").read_text()
   assert f"| {100 * ref['mAP']:.1f} | {100 * ref['cmc'][0]:.1f} |" in table
   assert f"{model.config.name} (step {model.step})" in table
+  # plot_cmc reads the runner's JSON: one panel for the one target.
+  from PIL import Image
+
+  png = str(tmp_path / "cmc.png")
+  assert plot_cmc.main(["--results", str(out / "synthetic.json"), "--out", png]) == 0
+  assert Image.open(png).size == (round(4.2 * 120), round(3.6 * 120))
 
 
 def test_text_protocol_counts_every_caption(trained, tmp_path):
@@ -261,3 +267,23 @@ def test_protocol1_averages_ten_splits_and_embeds_each_image_once(trained, tmp_p
   split = res["targets"]["VIPeR"]["splits"][3]
   assert split["mAP"] == pytest.approx(ref["mAP"], abs=1e-6)
   np.testing.assert_allclose(split["cmc"], ref["cmc"], atol=1e-6)
+
+
+def test_saved_model_equals_framework_features(trained, tmp_path):
+  import tensorflow as tf
+
+  from input_pipeline import pipeline
+
+  model, root = trained
+  out = str(tmp_path / "saved_model")
+  assert export_tool.main(["--workdir", model.workdir, "--out", out,
+                           "--format", "saved_model"]) == 0
+  records = registry.get_dataset("market1501", f"{root}/target_market").gallery[:7]
+  framework = model.embed_records(records, "reid", batch_size=8).feats
+  pixels = np.stack([pipeline.load_image(tf.constant(r.path), model.image_size).numpy()
+                     for r in records])
+  serve = tf.saved_model.load(out).signatures["serving_default"]
+  for batch in (slice(0, 1), slice(0, 7)):
+    got = serve(pixels=tf.constant(pixels[batch]))["features"].numpy()
+    assert np.abs(got - framework[batch]).max() <= 1e-5
+  assert json.load(open(os.path.join(out, export.PREPROCESSING)))["format"] == "tf_saved_model"

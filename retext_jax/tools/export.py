@@ -10,8 +10,9 @@ Writes <out>/extractor.jax_exported and <out>/preprocessing.json. Use it without
     exp = jax.export.deserialize(bytearray(f.read()))
   feats = exp.call(pixels)  # float32 [b, H, W, 3] RGB in [0, 255], resized per preprocessing.json
 
-or `retext_jax.export.load_extractor(out)`. The features equal the framework's
-(`python -m retext_jax.tools.extract`) to float32 round-off.
+or `retext_jax.export.load_extractor(out)`. `--format saved_model` writes a TF SavedModel instead
+(`tf.saved_model.load(out).signatures["serving_default"](pixels=...)["features"]`). Either way the
+features equal the framework's (`python -m retext_jax.tools.extract`) to float32 round-off.
 """
 
 from __future__ import annotations
@@ -31,14 +32,19 @@ def _main(argv: list[str] | None) -> int:
   p = common.parser("export", __doc__)
   common.add_model_args(p)
   p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--format", default="jax_export", choices=("jax_export", "saved_model"),
+                 help="serialized jax.export (default) or a TF SavedModel through jax2tf")
   p.add_argument("--platforms", default="cpu",
-                 help="comma-separated: cpu, cuda, rocm, tpu (lowered for each)")
+                 help="jax_export: comma-separated cpu, cuda, rocm, tpu (lowered for each)")
   args = p.parse_args(argv)
   platforms = tuple(x.strip() for x in args.platforms.split(",") if x.strip())
   trained = common.load_model(args)
-  path = export.export_extractor(trained, args.out, platforms)
-  print(f"wrote {path} ({'/'.join(platforms)}; images {trained.image_size[0]}x"
-        f"{trained.image_size[1]}, step {trained.step}) and {export.PREPROCESSING}")
+  if args.format == "saved_model":
+    path, what = export.export_saved_model(trained, args.out), "TF SavedModel"
+  else:
+    path, what = export.export_extractor(trained, args.out, platforms), "/".join(platforms)
+  print(f"wrote {path} ({what}; images {trained.image_size[0]}x{trained.image_size[1]}, "
+        f"step {trained.step}) and {export.PREPROCESSING}")
   return 0
 
 
