@@ -8,6 +8,7 @@ as one line, not as a traceback from inside TensorFlow or JAX.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -31,9 +32,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 _USER_ERRORS = (FileNotFoundError, KeyError, ValueError, ImportError, FloatingPointError)
 
 
-def _quiet_libraries(record) -> bool:
-  """Drops INFO chatter of orbax/tensorstore (dozens of lines per checkpoint)."""
-  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+def _quiet_libraries(record: std_logging.LogRecord) -> bool:
+  """Drops INFO chatter of orbax (dozens of lines per checkpoint); its warnings still show.
+
+  `record.levelno` is a standard-library level (absl's WARNING constant is -1, not 30).
+  """
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv) -> None:
