@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from retext_jax.models import bert, vit
+from retext_jax.models.configs import DictConfig
 from retext_jax.models.decoder import TextGuidedDecoder
 
 MOMENTUM_KEYS = ("image_encoder", "image_proj")
@@ -24,7 +25,7 @@ BACKBONE_KEYS = ("image_encoder", "text_encoder")
 
 
 @dataclasses.dataclass(frozen=True)
-class ReTextConfig:
+class ReTextConfig(DictConfig):
   vit: vit.ViTConfig
   text: bert.BertConfig | None  # None: no text branch (Re-ID only, or images without text)
   num_classes: int  # identities of the multi-camera sources
@@ -36,15 +37,12 @@ class ReTextConfig:
   decoder_heads: int = 4
   num_masked: int = 0  # patches masked per image for reconstruction (static under jit)
 
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-able; saved with every checkpoint so tools rebuild the model without the data."""
-    return dataclasses.asdict(self)
-
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> ReTextConfig:
+    """Inverse of `to_dict` (saved with every checkpoint: tools rebuild the model from it)."""
     text = d.get("text")
-    return cls(**{**d, "vit": vit.config_from_dict(d["vit"]),
-                  "text": None if text is None else bert.config_from_dict(text)})
+    return super().from_dict({**d, "vit": vit.config_from_dict(d["vit"]),
+                              "text": None if text is None else bert.config_from_dict(text)})
 
 
 class ReText(nn.Module):
