@@ -69,7 +69,6 @@ def load_sources(config) -> Sources:
   return Sources(multicam, singlecam, num_classes, num_sc_classes, cams, targets)
 
 
-
 def input_config(config):
   """The pipeline's InputConfig from `config.input` (+ the ViT patching and the seed)."""
   from input_pipeline.pipeline import InputConfig
