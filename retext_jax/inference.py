@@ -118,9 +118,12 @@ class TrainedModel:
 
   def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
     """Image-text matching embeddings [T, E] of descriptions."""
+    return self.token_embeddings(*self.encode_texts(texts))
+
+  def token_embeddings(self, tokens: np.ndarray, token_mask: np.ndarray) -> np.ndarray:
+    """Image-text matching embeddings [T, E] of tokenised descriptions ([T, L] ids and mask)."""
     self._require_text()
-    tokens, mask = self.encode_texts(texts)
-    return np.asarray(self._fns["text_emb"](self.variables, tokens, mask))
+    return np.asarray(self._fns["text_emb"](self.variables, tokens, token_mask))
 
   def reconstruct(self, images: np.ndarray, texts: Sequence[str], patch_mask: np.ndarray
                   ) -> np.ndarray:

@@ -130,19 +130,21 @@ def _reid_metrics(embed: _FeatureCache, dataset, rerank: bool, max_rank: int) ->
 
 
 def _text_metrics(embed: _FeatureCache, dataset, max_rank: int) -> dict:
+  from input_pipeline import eval_pipeline
   from retext_jax import evaluation
 
-  trained, batch_size = embed.trained, embed.batch_size
+  trained = embed.trained
   g = embed(dataset.test, f"{dataset.name} images")
-  captions = [(c.strip(), r.pid) for r in g.records for c in r.captions if c.strip()]
-  if not captions:
-    raise ValueError(f"{dataset.name} under {dataset.root}: no test image has a caption")
-  q = np.concatenate([trained.text_embeddings([c for c, _ in captions[s:s + batch_size]])
-                      for s in range(0, len(captions), batch_size)])
-  res = evaluation.evaluate_text_to_image(q @ g.feats.T, np.asarray([p for _, p in captions]),
-                                          g.pids, max_rank=max_rank)
+  q, q_pids = [], []
+  for b in eval_pipeline.make_text_eval_iterator(g.records, trained.tokenizer,
+                                                 trained.config.input.max_text_len,
+                                                 embed.batch_size):
+    q.append(trained.token_embeddings(b["tokens"], b["token_mask"])[b["valid"]])
+    q_pids.append(b["pid"][b["valid"]])
+  q, q_pids = np.concatenate(q), np.concatenate(q_pids)
+  res = evaluation.evaluate_text_to_image(q @ g.feats.T, q_pids, g.pids, max_rank=max_rank)
   return {"R1": res["R1"], "R5": res["R5"], "R10": res["R10"], "mAP": res["mAP"],
-          "mINP": res["mINP"], "cmc": res["cmc"].tolist(), "num_query": len(captions),
+          "mINP": res["mINP"], "cmc": res["cmc"].tolist(), "num_query": len(q_pids),
           "num_gallery": len(g.pids)}
 
 
