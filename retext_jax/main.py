@@ -18,6 +18,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from retext_jax import errors  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -27,10 +29,6 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs, TPU pods).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-# Errors a user can fix from the command line: shown as one line.
-_USER_ERRORS = (FileNotFoundError, KeyError, ValueError, ImportError, FloatingPointError)
-
 
 def _quiet_libraries(record: std_logging.LogRecord) -> bool:
   """Drops INFO chatter of orbax (dozens of lines per checkpoint); its warnings still show.
@@ -60,12 +58,8 @@ def main(argv) -> None:
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
       train.evaluate(_CONFIG.value, _WORKDIR.value, which=_CHECKPOINT.value)
-  except _USER_ERRORS as e:
-    if os.environ.get("RETEXT_TRACEBACK"):
-      raise
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-    sys.exit(2)
+  except errors.USER_ERRORS as e:
+    sys.exit(errors.report(e))
 
 
 def run() -> None:

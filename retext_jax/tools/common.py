@@ -11,12 +11,12 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from input_pipeline.records import Record
+from retext_jax import errors
 from retext_jax.inference import FEATURE_KINDS  # noqa: F401  (re-exported for the tools)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any tool imports TensorFlow
@@ -24,8 +24,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
-# Errors a user can fix from the command line: printed as one line, exit code 2.
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError, ImportError)
 
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -151,9 +149,5 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
   (RETEXT_TRACEBACK=1 shows the traceback)."""
   try:
     return main(argv)
-  except USER_ERRORS as e:
-    if os.environ.get("RETEXT_TRACEBACK"):
-      raise
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-    return 2
+  except errors.USER_ERRORS as e:
+    return errors.report(e)
