@@ -59,11 +59,11 @@ def main() -> None:
     for i in args.rows:
       name, overrides = ROWS[i - 1]
       results = [run(overrides, s, args.steps, args.cache, workroot) for s in args.seeds]
-      final = [r["targets"]["synthetic_target"] for r in results]
-      start = [r["initial"]["synthetic_target"] for r in results]
+      final = [r["evals"]["reid"]["synthetic_target"] for r in results]
+      start = [r["initial"]["reid"]["synthetic_target"] for r in results]
       row = {"row": i, "name": name, "overrides": overrides, "seeds": args.seeds,
              "steps": args.steps}
-      for key in ("mAP", "rank1"):
+      for key in ("mAP", "R1"):
         row[key] = [f[key] for f in final]
         row[f"{key}_step0"] = [s[key] for s in start]
       rows.append(row)
@@ -75,7 +75,7 @@ def main() -> None:
   print("\n| row | training signals | target mAP (%) | target rank-1 (%) | step-0 mAP (%) |"
         "\n|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['row']} | {r['name']} | {pct(r['mAP'])} | {pct(r['rank1'])} "
+    print(f"| {r['row']} | {r['name']} | {pct(r['mAP'])} | {pct(r['R1'])} "
           f"| {pct(r['mAP_step0'])} |")
   print(f"\n{len(args.seeds)} seeds ({args.seeds}), {args.steps} steps each; mean ± std.")
 

@@ -97,7 +97,7 @@ def main():
       "queries": nq, "gallery": ng, "seconds": secs,
       "tracemalloc_peak_gib": peak / 2**30,
       "chunk_rows": chunk_rows(ng, budget),
-      "rank1": float(res["cmc"][0]), "mAP": res["mAP"], "mINP": res["mINP"],
+      "R1": float(res["cmc"][0]), "mAP": res["mAP"], "mINP": res["mINP"],
   }]
 
   nsub = min(args.classic_queries, nq)
@@ -136,7 +136,7 @@ def main():
     print(f"{r['name']:48s} {r['queries']:7d} {r['gallery']:7d} {r['seconds']:9.1f} "
           f"{r['tracemalloc_peak_gib']:9.2f}")
   print(f"process ru_maxrss: {maxrss_gib:.2f} GiB (includes features and the Python runtime)")
-  print(f"metrics: R1={rows[0]['rank1']:.4f} mAP={rows[0]['mAP']:.4f} mINP={rows[0]['mINP']:.4f}")
+  print(f"metrics: R1={rows[0]['R1']:.4f} mAP={rows[0]['mAP']:.4f} mINP={rows[0]['mINP']:.4f}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({

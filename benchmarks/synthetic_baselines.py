@@ -102,7 +102,7 @@ def market_eval(qf: np.ndarray, gf: np.ndarray, q_pid: np.ndarray, g_pid: np.nda
       cmc[first:] += 1
     hits = np.cumsum(match)
     aps.append(float(np.mean(hits[match] / (np.flatnonzero(match) + 1))))
-  out = {f"rank{r}": 100.0 * cmc[r - 1] / valid for r in ranks}
+  out = {f"R{r}": 100.0 * cmc[r - 1] / valid for r in ranks}
   out["mAP"] = 100.0 * float(np.mean(aps))
   return out
 
@@ -144,14 +144,14 @@ def main(argv: list[str] | None = None) -> None:
   with open(os.path.join(args.root, "manifest.json")) as f:
     man = json.load(f)
   report = {"preset": man["preset"], "seed": man["seed"], "domains": {}}
-  print(f"{'domain':8s} {'feature':30s} {'rank1':>6s} {'rank5':>6s} {'rank10':>6s} {'mAP':>6s}")
+  print(f"{'domain':8s} {'feature':30s} {'R1':>6s} {'R5':>6s} {'R10':>6s} {'mAP':>6s}")
   for domain in ("source_market", "target_market"):
     res = evaluate_domain(os.path.join(args.root, domain))
     report["domains"][domain] = res
     for name, m in res.items():
       if not name.startswith("_"):
-        print(f"{domain[:6]:8s} {name:30s} {m['rank1']:6.1f} {m['rank5']:6.1f} "
-              f"{m['rank10']:6.1f} {m['mAP']:6.1f}")
+        print(f"{domain[:6]:8s} {name:30s} {m['R1']:6.1f} {m['R5']:6.1f} "
+              f"{m['R10']:6.1f} {m['mAP']:6.1f}")
   os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
   with open(args.json, "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from retext_jax import errors
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -110,7 +112,7 @@ def random_erase(img: tf.Tensor, seed: tf.Tensor, prob: float = 0.5,
   (timm's "pixel" mode, used by TransReID).
   """
   if fill not in ERASE_FILLS:
-    raise ValueError(f"erase fill must be one of {ERASE_FILLS}, got {fill!r}")
+    raise errors.ConfigError(f"erase fill must be one of {ERASE_FILLS}, got {fill!r}")
   if prob <= 0:
     return img
   height, width = img.shape[0], img.shape[1]

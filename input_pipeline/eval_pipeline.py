@@ -16,6 +16,7 @@ import tensorflow as tf
 from input_pipeline import augment, images, pipeline
 from input_pipeline.pipeline import Batch, InputConfig
 from input_pipeline.records import Record
+from retext_jax import errors
 
 if TYPE_CHECKING:
   from retext_jax.tokenizers import TextTokenizer
@@ -42,12 +43,12 @@ def make_eval_iterator(records: Sequence[Record], cfg: InputConfig | Mapping[str
   """
   cfg = pipeline.as_config(cfg)
   if not len(records):
-    raise ValueError("make_eval_iterator: no records")
+    raise errors.DataError("make_eval_iterator: no records")
   ok = images.usable(records, level=cfg.image_check, on_bad_image=cfg.on_bad_image,
                      what="eval records")
   positions = np.flatnonzero(ok).astype(np.int64)
   if not len(positions):
-    raise ValueError(f"make_eval_iterator: none of the {len(records)} images is usable")
+    raise errors.DataError(f"make_eval_iterator: none of the {len(records)} images is usable")
   mine, padded = _host_slice(len(positions), batch_size, process_index, process_count)
   pos = np.full(padded, -1, np.int64)
   pos[:len(mine)] = positions[mine]
@@ -90,7 +91,7 @@ def make_text_eval_iterator(records: Sequence[Record], tokenizer: TextTokenizer,
   if empty:
     logging.warning("text eval: skipped %d empty caption(s)", empty)
   if not caps:
-    raise ValueError("make_text_eval_iterator: no record has a non-empty caption")
+    raise errors.DataError("make_text_eval_iterator: no record has a non-empty caption")
   pipeline.check_tokenizer(tokenizer, caps, unk_threshold)
   mine, padded = _host_slice(len(caps), batch_size, process_index, process_count)
   ids, mask = tokenizer.encode([caps[i] for i in mine], max_len)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from input_pipeline.records import Record
+from retext_jax import errors
 
 LEVELS = ("exists", "header", "decode")
 POLICIES = ("skip", "error")
@@ -35,7 +36,7 @@ _SHOW = 5  # names listed in the log line / error message
 _CHUNK = 128  # files per thread-pool task
 
 
-class BadImageError(ValueError):
+class BadImageError(errors.DataError):
   """An image file that cannot be decoded."""
 
 
@@ -69,11 +70,11 @@ def _header_problem(path: str, size: int) -> str | None:
 def image_problem(path: str, level: str = "header") -> str | None:
   """Why `path` is not a usable image, or None. Raises FileNotFoundError for a missing file."""
   if level not in LEVELS:
-    raise ValueError(f"unknown image check level {level!r}; expected one of {LEVELS}")
+    raise errors.ConfigError(f"unknown image check level {level!r}; expected one of {LEVELS}")
   try:
     size = os.stat(path).st_size
   except FileNotFoundError:
-    raise FileNotFoundError(f"image file not found: {path}") from None
+    raise errors.MissingFileError(f"image file not found: {path}") from None
   if level == "exists":
     return None
   if size == 0:
@@ -107,9 +108,9 @@ def usable(records: Sequence[Record], *, level: str = "header", on_bad_image: st
            num_threads: int = 16, what: str = "records") -> list[bool]:
   """Per record: is its image usable? Same checks, logging and errors as `check_images`."""
   if on_bad_image not in POLICIES:
-    raise ValueError(f"on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
+    raise errors.ConfigError(f"on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
   if level not in LEVELS:
-    raise ValueError(f"unknown image check level {level!r}; expected one of {LEVELS}")
+    raise errors.ConfigError(f"unknown image check level {level!r}; expected one of {LEVELS}")
   paths = [r.path for r in records]
   if len(paths) > _CHUNK and num_threads > 1:
     # Chunks, not one future per file: per-future overhead (~50 us) exceeds a header check.

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import augment, images, sampling
+from input_pipeline import augment, images, masking, sampling
 from input_pipeline.records import Record
+from retext_jax import errors
 
 if TYPE_CHECKING:
   from retext_jax.tokenizers import TextTokenizer
@@ -129,8 +129,8 @@ class InputConfig:
     }
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
-      raise ValueError("invalid input config: " + ", ".join(f"{k}={getattr(self, k)!r}"
-                                                             for k in bad))
+      raise errors.ConfigError("invalid input config: " + ", ".join(
+          f"{k}={getattr(self, k)!r}" for k in bad))
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | Any, ignore: Sequence[str] = ()) -> InputConfig:
@@ -139,7 +139,7 @@ class InputConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(items) - known - set(ignore))
     if unknown:
-      raise KeyError(f"unknown input config key(s) {unknown}; known: {sorted(known)}")
+      raise errors.UnknownKeyError(f"unknown input config key(s) {unknown}; known: {sorted(known)}")
     return cls(**{k: v for k, v in items.items() if k in known})
 
   @property
@@ -150,7 +150,7 @@ class InputConfig:
 
   @property
   def num_masked(self) -> int:
-    return int(math.floor(self.mask_ratio * self.num_patches + 0.5))
+    return masking.num_masked(self.mask_ratio, self.num_patches)
 
 
 def as_config(cfg: InputConfig | Mapping[str, Any]) -> InputConfig:
@@ -160,7 +160,8 @@ def as_config(cfg: InputConfig | Mapping[str, Any]) -> InputConfig:
 def per_host(global_size: int, key: str, process_count: int) -> int:
   """Global batch size -> this host's share; an error naming `key` if it does not divide."""
   if global_size % process_count:
-    raise ValueError(f"{key}={global_size} is not divisible by process_count={process_count}")
+    raise errors.ConfigError(
+        f"{key}={global_size} is not divisible by process_count={process_count}")
   return global_size // process_count
 
 
@@ -198,11 +199,11 @@ def _concat_checked(sources: Sources, cfg: InputConfig, part: str
   for i, (records, weight) in enumerate(sources):
     what = f"{part} source {i}"
     if not len(records):
-      raise ValueError(f"{what} has no records")
+      raise errors.DataError(f"{what} has no records")
     recs.append(images.check_images(records, level=cfg.image_check,
                                     on_bad_image=cfg.on_bad_image, what=what))
     if not recs[-1]:
-      raise ValueError(f"{what}: none of its {len(records)} images is usable")
+      raise errors.DataError(f"{what}: none of its {len(records)} images is usable")
     weights.append(float(weight))
   return recs, weights
 
@@ -273,7 +274,7 @@ def check_tokenizer(tokenizer: TextTokenizer, captions: Sequence[str], threshold
     return
   share = float(np.mean([tokenizer.unknown_fraction(c) for c in sample]))
   if share > threshold:
-    raise ValueError(
+    raise errors.DataError(
         f"tokenizer from {tokenizer.source} maps {share:.0%} of the tokens of the first "
         f"{len(sample)} captions to [UNK] (threshold {threshold:.0%}); wrong vocabulary? "
         f"e.g. {sample[0]!r}")
@@ -298,15 +299,6 @@ def tokenize_captions(caps: Sequence[Sequence[str]], tokenizer: TextTokenizer, m
   return ids, mask.astype(np.uint8), first, count
 
 
-def random_patch_mask(rng: np.random.Generator, batch: int, num_patches: int,
-                      num_masked: int) -> np.ndarray:
-  """bool [batch, num_patches] with exactly `num_masked` True per row, uniformly placed."""
-  order = np.argsort(rng.random((batch, num_patches)), axis=1)
-  mask = np.zeros((batch, num_patches), bool)
-  np.put_along_axis(mask, order[:, :num_masked], True, axis=1)
-  return mask
-
-
 def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokenizer | None,
                        process_index: int, process_count: int) -> tf.data.Dataset:
   """Captioned images; without a tokenizer, images only (no caption needed, no token keys)."""
@@ -318,7 +310,7 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
       continue
     kept, c = _clean_captions(src, f"singlecam source {i}")
     if not kept:
-      raise ValueError(f"singlecam source {i}: no record has a non-empty caption")
+      raise errors.DataError(f"singlecam source {i}: no record has a non-empty caption")
     recs.append(kept)
     caps.extend(c)
   flat = [r for src in recs for r in src]
@@ -344,7 +336,7 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
       if tokenizer is not None:
         cap = first[idx] + rng.integers(0, count[idx])
         ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
-      yield {**ex, "patch_mask": random_patch_mask(rng, b, n_patch, n_mask),
+      yield {**ex, "patch_mask": masking.random_patch_mask(rng, b, n_patch, n_mask),
              "seed": rng.integers(0, 2**31 - 1, size=(b, 2), dtype=np.int64)}
 
   text_spec = {k: tf.TensorSpec([b, length], tf.int32) for k in text_keys}
@@ -382,7 +374,7 @@ def make_train_dataset(multicam_sources: Sources, singlecam_sources: Sources,
     parts["singlecam"] = _singlecam_dataset(singlecam_sources, cfg, tokenizer, process_index,
                                             process_count)
   if not parts:
-    raise ValueError("no training sources: give multicam_sources and/or singlecam_sources")
+    raise errors.ConfigError("no training sources: give multicam_sources and/or singlecam_sources")
   return tf.data.Dataset.zip(parts).map(_flatten_keys)
 
 

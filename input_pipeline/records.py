@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from retext_jax import errors
+
 TRAIN, QUERY, GALLERY, TEST = "train", "query", "gallery", "test"
 
 
@@ -59,7 +61,7 @@ class ReIDDataset:
 
   def split(self, name: str) -> list[Record]:
     if name not in (TRAIN, QUERY, GALLERY, TEST):
-      raise ValueError(f"unknown split {name!r}; expected train, query, gallery or test")
+      raise errors.ConfigError(f"unknown split {name!r}; expected train, query, gallery or test")
     return getattr(self, name)
 
   def summary(self) -> str:

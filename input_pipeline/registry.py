@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from input_pipeline.records import ReIDDataset
+from retext_jax import errors
 
 Reader = Callable[..., ReIDDataset]
 _READERS: dict[str, Reader] = {}
@@ -31,7 +32,8 @@ def get_dataset(name: str, root: str, **kwargs) -> ReIDDataset:
   """Reads dataset `name` from `root` (the folder the user placed the data in)."""
   _import_readers()
   if name not in _READERS:
-    raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_READERS))}")
+    raise errors.UnknownKeyError(
+        f"unknown dataset {name!r}; registered: {', '.join(sorted(_READERS))}")
   return _READERS[name](root, **kwargs)
 
 

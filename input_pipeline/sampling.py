@@ -21,13 +21,16 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from retext_jax import errors
+
 
 def normalize_weights(weights: Sequence[float], what: str) -> np.ndarray:
   w = np.asarray(weights, np.float64)
   if w.ndim != 1 or len(w) == 0:
-    raise ValueError(f"{what}: need at least one source weight, got {list(weights)}")
+    raise errors.ConfigError(f"{what}: need at least one source weight, got {list(weights)}")
   if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-    raise ValueError(f"{what}: source weights must be finite, >= 0 and not all 0, got {list(w)}")
+    raise errors.ConfigError(
+        f"{what}: source weights must be finite, >= 0 and not all 0, got {list(w)}")
   return w / w.sum()
 
 
@@ -90,7 +93,7 @@ class PKSampler:
   def __init__(self, pids: Sequence[np.ndarray], weights: Sequence[float], p: int, k: int,
                seed: int, process_index: int = 0, process_count: int = 1):
     if p < 1 or k < 1:
-      raise ValueError(f"PK sampling needs p >= 1 and k >= 1, got p={p}, k={k}")
+      raise errors.ConfigError(f"PK sampling needs p >= 1 and k >= 1, got p={p}, k={k}")
     if len(pids) != len(weights):
       raise ValueError(f"{len(pids)} sources but {len(weights)} weights")
     self.p, self.k, self.seed = p, k, seed
@@ -113,7 +116,7 @@ class PKSampler:
         self._images[int(pid)] = group
       mine = host_share(uniq, seed, s, process_index, process_count)
       if self.weights[s] > 0 and len(mine) < p:
-        raise ValueError(
+        raise errors.ConfigError(
             f"multicam source {s} has {len(mine)} identities on host {process_index} of "
             f"{process_count} ({len(uniq)} in all) but a batch may need p={p} of them: lower "
             "multicam_p or drop the source")
@@ -156,7 +159,7 @@ class StreamSampler:
   def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
     if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+      raise errors.ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if len(sizes) != len(weights):
       raise ValueError(f"{len(sizes)} sources but {len(weights)} weights")
     self.batch_size, self.seed = batch_size, seed
@@ -167,8 +170,8 @@ class StreamSampler:
     for s, n in enumerate(sizes):
       mine = host_share(np.arange(offset, offset + n), seed, s, process_index, process_count)
       if self.weights[s] > 0 and len(mine) == 0:
-        raise ValueError(f"singlecam source {s} has no images on host {process_index} of "
-                         f"{process_count} ({n} in all)")
+        raise errors.DataError(f"singlecam source {s} has no images on host {process_index} of "
+                               f"{process_count} ({n} in all)")
       self._epochs.append(_Epochs(mine, [seed, process_index, s, 0x5354]))
       offset += n
 

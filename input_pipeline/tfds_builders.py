@@ -46,6 +46,7 @@ from etils import epath
 from input_pipeline import registry
 from input_pipeline.readers import common
 from input_pipeline.records import GALLERY, QUERY, TEST, TRAIN, Record
+from retext_jax import errors
 
 _SPLITS = (TRAIN, QUERY, GALLERY, TEST)
 
@@ -125,7 +126,8 @@ class RetextReid(tfds.core.GeneratorBasedBuilder):
     })
     splits = {s: self._generate_examples(ds.split(s), ds.root) for s in _SPLITS if ds.split(s)}
     if not splits:
-      raise ValueError(f"{cfg.reader}: the reader found no images under {dl_manager.manual_dir}")
+      raise errors.DataError(
+          f"{cfg.reader}: the reader found no images under {dl_manager.manual_dir}")
     return splits
 
   def _generate_examples(self, records: Sequence[Record], root: str) -> Iterator[tuple[str, dict]]:

@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from retext_jax import errors
+
 STATE, META = "state", "meta"
 
 
@@ -65,18 +67,18 @@ class Checkpointer:
     """Restores (state, meta). `abstract_state` holds ShapeDtypeStructs with target shardings."""
     mgr = self.latest if which == "latest" else self.best
     if mgr is None:
-      raise ValueError("no best-checkpoint manager: config.best_metric is not set")
+      raise errors.ConfigError("no best-checkpoint manager: config.best_metric is not set")
     if step is None:
       step = mgr.best_step() if which == "best" else mgr.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no {which} checkpoint under {mgr.directory}")
+      raise errors.MissingFileError(f"no {which} checkpoint under {mgr.directory}")
     try:
       out = mgr.restore(step, args=ocp.args.Composite(
           **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
       ))
     except ValueError as e:
       first = str(e).splitlines()[0] if str(e) else type(e).__name__
-      raise ValueError(
+      raise errors.ConfigError(
           f"checkpoint {mgr.directory}/{step} does not fit the state this config builds "
           f"(were config.model, config.loss or config.optim changed?): {first}"
       ) from e
@@ -93,37 +95,42 @@ def restore_variables(workdir: str, which: str = "latest", step: int | None = No
                       ) -> tuple[dict, dict]:
   """(state subtree `keys`, meta) of a checkpoint, on this host's first device, for inference.
 
+  "params" must be there; the other keys are empty dicts when the state holds none (orbax
+  stores nothing for an empty subtree, e.g. the EMA of a method without one).
+
   Reads only the model variables, not the optimizer state, and needs no abstract train state:
   shapes come from the checkpoint itself, so no config, data or device count must match.
   """
   if which not in ("latest", "best"):
-    raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
+    raise errors.ConfigError(f"checkpoint must be 'latest' or 'best', got {which!r}")
   folder = os.path.join(os.path.abspath(workdir), "checkpoints" if which == "latest" else which)
   steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) \
       else []
   if step is None and not steps:
-    raise FileNotFoundError(f"no {which} checkpoint under {folder} (is --workdir a training "
+    raise errors.MissingFileError(f"no {which} checkpoint under {folder} (is --workdir a training "
                             "workdir?)")
   step = steps[-1] if step is None else step
   if step not in steps:
-    raise FileNotFoundError(f"no checkpoint for step {step} under {folder}; have {steps}")
+    raise errors.MissingFileError(f"no checkpoint for step {step} under {folder}; have {steps}")
   path = os.path.join(folder, str(step))
   meta = ocp.CheckpointManager(folder, item_names=(STATE, META)).restore(
       step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
   ckptr = ocp.PyTreeCheckpointer()
   with _absl_level(logging.ERROR):  # "metadata file does not exist" for items of a composite
     tree = ckptr.metadata(os.path.join(path, STATE)).item_metadata.tree
-  missing = [k for k in keys if k not in tree]
-  if missing:
-    raise ValueError(f"checkpoint {path} has no {missing} in its state (keys: {sorted(tree)})")
+  if "params" not in tree:
+    raise errors.ConfigError(f"checkpoint {path} has no params in its state (keys: "
+                             f"{sorted(tree)})")
+  present = [k for k in keys if tree.get(k)]
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), {k: tree[k] for k in keys})
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      {k: tree[k] for k in present})
   with _absl_level(logging.ERROR):
     variables = ckptr.restore(os.path.join(path, STATE), args=ocp.args.PyTreeRestore(
         item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True))
-  return variables, meta
+  return {k: variables.get(k, {}) for k in keys}, meta
 
 
 @contextlib.contextmanager

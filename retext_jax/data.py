@@ -15,8 +15,8 @@ from absl import logging
 
 from input_pipeline import registry
 from input_pipeline.records import Record, ReIDDataset, disjoint_ids
-
-MULTICAM, SINGLECAM = "multicam", "singlecam"
+from retext_jax import errors
+from retext_jax.methods.base import MULTICAM, SINGLECAM, DataInfo
 
 
 @dataclasses.dataclass
@@ -27,6 +27,10 @@ class Sources:
   num_sc_classes: int
   num_cameras: int
   targets: dict[str, ReIDDataset]
+
+  @property
+  def info(self) -> DataInfo:
+    return DataInfo(self.num_classes, self.num_sc_classes, self.num_cameras)
 
 
 def data_root(config) -> str:
@@ -43,7 +47,7 @@ def data_root(config) -> str:
 def _read(spec: Mapping, root: str, name: str) -> ReIDDataset:
   path = spec["root"] if os.path.isabs(spec["root"]) else os.path.join(root, spec["root"])
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"dataset {name!r} (reader {spec['reader']!r}): folder {path} does not exist; "
         f"set config.data.root or config.data.sources.{name}.root"
     )
@@ -55,18 +59,23 @@ def load_sources(config) -> Sources:
   mc_sets, sc_sets = [], []
   for name, spec in sorted(config.data.sources.items()):
     if spec["part"] not in (MULTICAM, SINGLECAM):
-      raise ValueError(f"config.data.sources.{name}.part={spec['part']!r}: expected "
+      raise errors.ConfigError(f"config.data.sources.{name}.part={spec['part']!r}: expected "
                        f"{MULTICAM!r} or {SINGLECAM!r}")
     ds = _read(spec, root, name)
     logging.info("source %s (%s):\n%s", name, spec["part"], ds.summary())
     (mc_sets if spec["part"] == MULTICAM else sc_sets).append((ds, spec["weight"]))
   if not mc_sets:
-    raise ValueError("config.data.sources has no multi-camera source (part='multicam')")
+    raise errors.ConfigError("config.data.sources has no multi-camera source (part='multicam')")
   multicam, num_classes = disjoint_ids(mc_sets)
   singlecam, num_sc_classes = disjoint_ids(sc_sets)
   cams = max(ds.num_train_cams for ds, _ in mc_sets)
-  targets = {name: _read(spec, root, name) for name, spec in sorted(config.data.targets.items())}
-  return Sources(multicam, singlecam, num_classes, num_sc_classes, cams, targets)
+  return Sources(multicam, singlecam, num_classes, num_sc_classes, cams, load_targets(config))
+
+
+def load_targets(config) -> dict[str, ReIDDataset]:
+  """The evaluation datasets `config.data.targets` (reads no training source)."""
+  root = data_root(config)
+  return {name: _read(spec, root, name) for name, spec in sorted(config.data.targets.items())}
 
 
 def input_config(config):
@@ -74,23 +83,24 @@ def input_config(config):
   from input_pipeline.pipeline import InputConfig
 
   fields = {k: v for k, v in config.input.items() if k != "eval_batch"}
+  patch = config.model.get("patch", 16)  # patch masks for reconstruction follow the ViT grid
   return InputConfig.from_config(
-      {**fields, "patch_size": config.model.patch, "patch_stride": config.model.stride,
+      {**fields, "patch_size": patch, "patch_stride": config.model.get("stride", patch),
        "seed": config.seed}
   )
 
 
-def train_iterator(config, sources: Sources, tokenizer, start_step: int = 0):
-  """This host's endless batch iterator. A resumed run reseeds so it does not replay batches."""
+def train_iterator(config, sources: Sources, streams: tuple[str, ...], tokenizer,
+                   start_step: int = 0):
+  """This host's endless batch iterator over the method's `streams`. A resumed run reseeds so it
+  does not replay batches."""
   import jax
 
   from input_pipeline import pipeline
 
-  lc = config.loss
-  uses_singlecam = lc.lambda_iam > 0 or lc.lambda_rec > 0 or lc.lambda_sp > 0 or \
-      lc.lambda_sc_id > 0
   cfg = dataclasses.replace(input_config(config), seed=config.seed + 1_000_003 * start_step)
   return pipeline.make_train_iterator(
-      sources.multicam, sources.singlecam if uses_singlecam else [], cfg, tokenizer=tokenizer,
+      sources.multicam if MULTICAM in streams else [],
+      sources.singlecam if SINGLECAM in streams else [], cfg, tokenizer=tokenizer,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )

@@ -1,26 +1,39 @@
-"""Query/gallery evaluation of a feature extractor on a target domain (Market/MSMT protocol).
+"""Evaluators built from `config.evals`, and the metric code the protocol runner shares.
 
-The evaluator only needs a `predict_fn(images) -> features`; the metrics come from
-`retext_jax.evaluation`, which imports without TensorFlow.
+Each entry of `config.evals` names an evaluator type and the `config.data.targets` it reads:
+
+    config.evals = {
+        "reid": dict(type="reid"),                      # query/gallery Re-ID on every target
+        "t2i": dict(type="text", targets=("captions_test",)),  # captions -> images
+    }
+
+An evaluator runs over a trained model (`inference.TrainedModel`: the trainer wraps its live
+state in one, the tools restore one from a workdir) and returns, per target, the scalars of
+`SCALARS` as fractions: "R1", "R5", "R10" (CMC), "mAP", "mINP". The protocol runner
+(`retext_jax.protocols`) calls the same `reid_metrics` / `text_metrics`. The metrics come from
+`retext_jax.evaluation`, which imports without TensorFlow; reading images needs the pipeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from retext_jax import evaluation
+from retext_jax import errors, evaluation
+from retext_jax.protocols import REID, SCALARS, TEXT
 
 PredictFn = Callable[[np.ndarray], jax.Array]
 
 
 def extract(predict_fn: PredictFn, records, input_cfg, batch_size: int,
             progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """(features [n, D] L2-normalised float32, record positions [n]) in record order.
+  """(features [n, D] float32 as `predict_fn` gives them, record positions [n]) in record
+  order (every predict function of a method L2-normalises its output).
 
   Images the pipeline skipped as unreadable (on_bad_image="skip") are absent: the positions
   say which records the rows belong to. `progress` names a progress bar (tools; None = quiet).
@@ -45,8 +58,7 @@ def extract(predict_fn: PredictFn, records, input_cfg, batch_size: int,
     feats = np.concatenate(list(multihost_utils.process_allgather(feats)))
     index = np.concatenate(list(multihost_utils.process_allgather(index)))
   order = np.argsort(index)
-  feats, index = feats[order], index[order]
-  return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12), index
+  return feats[order], index[order]
 
 
 @dataclasses.dataclass
@@ -67,27 +79,147 @@ class Features:
                rows)
 
 
-def summarize(res: dict) -> dict[str, float]:
-  """Rank-1/5/10, mAP, mINP of an `evaluate_rank` result (what the trainer logs)."""
+class FeatureCache:
+  """Features by image path, so that each image goes through the model once (the 10 splits of
+  a Protocol-1 target reuse the same images; query and gallery may overlap)."""
+
+  def __init__(self, trained, kind: str, batch_size: int, progress: bool = False):
+    self.trained, self.kind, self.batch_size, self.progress = trained, kind, batch_size, progress
+    self.rows: dict[str, np.ndarray] = {}
+
+  def __call__(self, records: Sequence, what: str) -> Features:
+    todo = list({r.path: r for r in records if r.path not in self.rows}.values())
+    if todo:
+      f = self.trained.embed_records(todo, self.kind, self.batch_size,
+                                     what if self.progress else None)
+      self.rows.update(zip((r.path for r in f.records), f.feats, strict=True))
+    kept = [r for r in records if r.path in self.rows]  # unreadable images are skipped
+    if not kept:
+      raise errors.DataError(f"{what}: none of the {len(records)} images could be read")
+    return Features(np.stack([self.rows[r.path] for r in kept]),
+                    np.asarray([r.pid for r in kept]), np.asarray([r.camid for r in kept]), kept)
+
+
+def _summary(res: dict, num_query: int, num_gallery: int) -> dict[str, Any]:
   cmc = res["cmc"]
-  out = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
-  return {**out, "mAP": float(res["mAP"]), "mINP": float(res["mINP"])}
+  out = {f"R{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
+  return {**out, "mAP": float(res["mAP"]), "mINP": float(res["mINP"]), "cmc": cmc.tolist(),
+          "num_query": num_query, "num_gallery": num_gallery}
 
 
-def evaluate_target(predict_fn: PredictFn, dataset, input_cfg, batch_size: int,
-                    max_rank: int = 50) -> dict[str, float]:
-  """Rank-1/5/10, mAP and mINP of one target (cosine distance on normalised features)."""
-  q = Features.of(predict_fn, dataset.query, input_cfg, batch_size)
-  g = Features.of(predict_fn, dataset.gallery, input_cfg, batch_size)
-  return summarize(evaluation.evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids,
-                                                g.camids, max_rank=max_rank))
+def reid_metrics(embed: FeatureCache, dataset, rerank: bool = False, max_rank: int = 50
+                 ) -> dict[str, Any]:
+  """Query against gallery of `dataset` (same-camera matches of the query's identity and junk
+  removed): SCALARS, the CMC curve and the sizes."""
+  q = embed(dataset.query, f"{dataset.name} query")
+  g = embed(dataset.gallery, f"{dataset.name} gallery")
+  if rerank:
+    dist = evaluation.k_reciprocal_rerank(q.feats, g.feats)
+    res = evaluation.evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank)
+  else:
+    res = evaluation.evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids,
+                                       max_rank)
+  return _summary(res, len(q.pids), len(g.pids))
 
 
-def evaluate_all(predict_fn: PredictFn, targets: Mapping, input_cfg, batch_size: int,
-                 max_rank: int = 50) -> dict[str, dict[str, float]]:
-  results = {name: evaluate_target(predict_fn, ds, input_cfg, batch_size, max_rank)
-             for name, ds in targets.items()}
+def text_metrics(embed: FeatureCache, dataset, max_rank: int = 50) -> dict[str, Any]:
+  """Every caption of the test split queries every test image (IRRA's protocol)."""
+  from input_pipeline import eval_pipeline
+
+  trained = embed.trained
+  g = embed(dataset.test, f"{dataset.name} images")
+  q, q_pids = [], []
+  for b in eval_pipeline.make_text_eval_iterator(g.records, trained.tokenizer,
+                                                 trained.config.input.max_text_len,
+                                                 embed.batch_size):
+    q.append(trained.token_embeddings(b["tokens"], b["token_mask"])[b["valid"]])
+    q_pids.append(b["pid"][b["valid"]])
+  if not q:
+    raise errors.DataError(f"{dataset.name}: no test image has a caption")
+  q, q_pids = np.concatenate(q), np.concatenate(q_pids)
+  res = evaluation.evaluate_text_to_image(q @ g.feats.T, q_pids, g.pids, max_rank=max_rank)
+  return _summary(res, len(q_pids), len(g.pids))
+
+
+def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+  return {k: float(metrics[k]) for k in SCALARS}
+
+
+def with_average(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+  """Adds "average" over the targets when there are several."""
   if len(results) > 1:
-    keys = next(iter(results.values())).keys()
-    results["average"] = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
+    results["average"] = {k: float(np.mean([r[k] for r in results.values()])) for k in SCALARS}
   return results
+
+
+class ReIDEvaluator:
+  """Image Re-ID on query/gallery targets with the "reid" (or "matching") image features."""
+
+  needs = {"reid": ("reid",), "matching": ("image_embed",)}
+
+  def __init__(self, targets: Mapping[str, Any], batch_size: int, max_rank: int = 50,
+               features: str = "reid", rerank: bool = False):
+    if features not in self.needs:
+      raise errors.ConfigError(f"reid evaluator: features must be one of {list(self.needs)}, "
+                               f"got {features!r}")
+    self.targets, self.batch_size, self.max_rank = dict(targets), batch_size, max_rank
+    self.features, self.rerank = features, rerank
+    self.predict_fns = self.needs[features]
+
+  def run(self, trained) -> dict[str, dict[str, float]]:
+    return with_average({
+        name: scalars(reid_metrics(FeatureCache(trained, self.features, self.batch_size), ds,
+                                   self.rerank, self.max_rank))
+        for name, ds in self.targets.items()})
+
+
+class TextEvaluator:
+  """Text-to-image retrieval on captioned test splits (image and text matching embeddings)."""
+
+  predict_fns = ("image_embed", "text_embed")
+
+  def __init__(self, targets: Mapping[str, Any], batch_size: int, max_rank: int = 50):
+    self.targets, self.batch_size, self.max_rank = dict(targets), batch_size, max_rank
+
+  def run(self, trained) -> dict[str, dict[str, float]]:
+    return with_average({
+        name: scalars(text_metrics(FeatureCache(trained, "matching", self.batch_size), ds,
+                                   self.max_rank))
+        for name, ds in self.targets.items()})
+
+
+TYPES = {REID: ReIDEvaluator, TEXT: TextEvaluator}
+
+
+def from_config(config, targets: Mapping[str, Any], offered: Sequence[str]) -> dict[str, Any]:
+  """{name: evaluator} of `config.evals` over the loaded `targets` (`config.data.targets`);
+  `offered` are the method's predict functions: an evaluator needing another is an error now,
+  not after training."""
+  out = {}
+  for name, spec in config.evals.items():
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind not in TYPES:
+      raise errors.UnknownKeyError(f"config.evals.{name}.type={kind!r}; expected one of "
+                                   f"{sorted(TYPES)}")
+    names = list(spec.pop("targets", None) or targets)
+    unknown = [t for t in names if t not in targets]
+    if unknown:
+      raise errors.UnknownKeyError(f"config.evals.{name}.targets: {unknown} are not in "
+                                   f"config.data.targets ({', '.join(targets)})")
+    try:
+      evaluator = TYPES[kind]({t: targets[t] for t in names}, config.input.eval_batch,
+                              config.eval.max_rank, **spec)
+    except TypeError as e:
+      raise errors.ConfigError(f"config.evals.{name}: {e}") from None
+    missing = [f for f in evaluator.predict_fns if f not in offered]
+    if missing:
+      raise errors.ConfigError(f"config.evals.{name} ({kind}) needs {missing}, which the "
+                               f"{config.method} model does not offer ({', '.join(offered)})")
+    out[name] = evaluator
+  return out
+
+
+def evaluate(evaluators: Mapping[str, Any], trained) -> dict[str, dict[str, dict[str, float]]]:
+  """{evaluator name: {target (or "average"): SCALARS}}."""
+  return {name: ev.run(trained) for name, ev in evaluators.items()}

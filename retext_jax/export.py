@@ -21,17 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retext_jax import errors
+
 ARTIFACT = "extractor.jax_exported"
 PREPROCESSING = "preprocessing.json"
-FEATURE_KEYS = ("image_encoder", "bnneck")  # the parameters the Re-ID feature depends on
 
 
 def extractor_fn(trained) -> Callable[[jax.Array], jax.Array]:
   """pixels [b, H, W, 3] in [0, 255] -> features, with the weights closed over."""
-  features = trained.features_fn()
-  # Only what ReText.features reads: the text encoder and heads would otherwise be serialized.
-  params = trained.variables["params"]
-  variables = {**trained.variables, "params": {k: params[k] for k in FEATURE_KEYS if k in params}}
+  # Un-jitted, so only the parameters the Re-ID feature reads become constants of the
+  # artifact (a text tower or a decoder in `variables` is left out).
+  features, variables = trained.features_fn(), trained.variables
   mean = jnp.asarray(trained.config.input.mean, jnp.float32)
   std = jnp.asarray(trained.config.input.std, jnp.float32)
 
@@ -90,7 +90,7 @@ def load_extractor(out_dir: str) -> Callable[[np.ndarray], np.ndarray]:
   """The exported extractor: pixels [b, H, W, 3] (float or uint8, 0..255) -> features [b, D]."""
   path = os.path.join(out_dir, ARTIFACT)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist (write it with "
+    raise errors.MissingFileError(f"{path} does not exist (write it with "
                             "python -m retext_jax.tools.export)")
   with open(path, "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
@@ -99,7 +99,7 @@ def load_extractor(out_dir: str) -> Callable[[np.ndarray], np.ndarray]:
   def call(pixels: np.ndarray) -> np.ndarray:
     pixels = np.asarray(pixels, np.float32)
     if pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
-      raise ValueError(f"exported extractor expects pixels [batch, {h}, {w}, 3], got "
+      raise errors.DataError(f"exported extractor expects pixels [batch, {h}, {w}, 3], got "
                        f"{pixels.shape}; resize as {PREPROCESSING} says")
     return np.asarray(exported.call(pixels))
 

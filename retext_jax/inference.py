@@ -1,13 +1,14 @@
-"""A trained ReText restored from its workdir: image features, text embeddings, reconstructions.
+"""A trained model restored from its workdir: Re-ID features, text embeddings, reconstructions.
 
     trained = inference.load("workdirs/demo")          # or which="best"
     feats = trained.image_features(images)             # [B, D], L2-normalised (the Re-ID feature)
     txt = trained.text_embeddings(["a man in a red jacket"])  # matching space, L2-normalised
 
-Everything needed is in the workdir: the model config is saved with each checkpoint and the
+Any method works: the checkpoint's metadata names the method and its model config, and the
 tokenizer is copied to `<workdir>/tokenizer`, so neither the training data nor the pretrained
-init files must still exist. Images are float32 [B, H, W, 3] in the pipeline's layout (resized,
-normalised: see `preprocessing`). Imports without TensorFlow.
+init files must still exist. What a model offers depends on its method (`trained.offers(...)`);
+asking for something it lacks is a one-line error. Images are float32 [B, H, W, 3] in the
+pipeline's layout (resized, normalised: see `preprocessing`). Imports without TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,26 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from retext_jax import checkpointing, tokenizers
-from retext_jax.models.retext import ReText, ReTextConfig
+from retext_jax import checkpointing, errors, methods, tokenizers
+from retext_jax.methods import base
 
 TOKENIZER_DIR = "tokenizer"  # under the workdir
 FEATURE_KINDS = ("reid", "matching")  # Re-ID feature | image-text matching embedding
-
-
-def eval_variables(state: Mapping[str, Any], features: str = "student") -> dict:
-  """Apply-variables of a train state (or restored subtree); `features="momentum"` swaps the EMA
-  image encoder and projection in for the student's."""
-  if features not in ("student", "momentum"):
-    raise ValueError(f"config.eval.features must be 'student' or 'momentum', got {features!r}")
-  params = state["params"]
-  if features == "momentum":
-    params = {**params, **state["ema"]}
-  return {"params": params, "batch_stats": state["batch_stats"]}
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+_KIND_FN = {"reid": base.REID, "matching": base.IMAGE_EMBED}
+_WHAT = {base.REID: "Re-ID features", base.IMAGE_EMBED: "image-text matching embeddings",
+         base.TEXT_EMBED: "text embeddings", base.RECONSTRUCT: "reconstructions"}
 
 
 def preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,13 +51,17 @@ def preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class TrainedModel:
-  """A ReText and its variables (student or momentum image encoder, per `config.eval`)."""
+  """A method's model and the variables it is evaluated with (student or EMA weights, per
+  `config.eval.features`). The trainer builds one over its live state for evaluation, with
+  `place` putting host batches onto its device mesh."""
 
-  model: ReText
+  method: base.Method
   variables: dict
   config: ml_collections.ConfigDict
   step: int
   workdir: str
+  text_tokenizer: tokenizers.TextTokenizer | None = None  # None: read from the workdir
+  place: Callable[[np.ndarray], jax.Array] = jnp.asarray
 
   @property
   def image_size(self) -> tuple[int, int]:
@@ -76,65 +69,64 @@ class TrainedModel:
 
   @property
   def has_text(self) -> bool:
-    return self.model.config.text is not None
+    return self.offers(base.TEXT_EMBED)
+
+  def offers(self, fn: str) -> bool:
+    return self.method.offers(fn)
 
   @functools.cached_property
   def tokenizer(self) -> tokenizers.TextTokenizer:
-    self._require_text()
+    self._require(base.TEXT_EMBED)
+    if self.text_tokenizer is not None:
+      return self.text_tokenizer
     path = os.path.join(self.workdir, TOKENIZER_DIR)
     if not os.path.isdir(path):
-      raise FileNotFoundError(f"{path} does not exist: the workdir holds no tokenizer")
+      raise errors.MissingFileError(f"{path} does not exist: the workdir holds no tokenizer")
     return tokenizers.load_tokenizer(path, "bert")
 
-  @functools.cached_property
-  def _fns(self) -> dict:
-    model, neck = self.model, self.config.eval.neck
-    features = lambda v, x: _normalize(model.apply(v, x, neck, method=ReText.features))
-    image_emb = lambda v, x: _normalize(model.apply(v, x, method=ReText.embed_image)["emb"])
-    text_emb = lambda v, t, m: _normalize(model.apply(v, t, m, method=ReText.embed_text)["emb"])
+  def _call(self, fn: str, *inputs) -> np.ndarray:
+    self._require(fn)
+    out = self.method.jitted(fn)(self.variables, *(self.place(np.asarray(x)) for x in inputs))
+    return np.asarray(jax.device_get(out))
 
-    def reconstruct(v, x, t, m, patch_mask):
-      states = model.apply(v, t, m, method=ReText.embed_text)["states"]
-      return model.apply(v, x, patch_mask, states, m, method=ReText.reconstruct)
-
-    return {k: jax.jit(f) for k, f in (("features", features), ("image_emb", image_emb),
-                                       ("text_emb", text_emb), ("reconstruct", reconstruct))}
-
-  def features_fn(self):
-    """The jitted `(variables, images) -> features` (what `tools.export` serialises)."""
-    return self._fns["features"]
+  def features_fn(self) -> Callable:
+    """The un-jitted `(variables, images) -> Re-ID features` (what `tools.export` serialises:
+    only the parameters it reads end up in the artifact)."""
+    self._require(base.REID)
+    return self.method.predict_fns()[base.REID]
 
   def image_features(self, images: np.ndarray) -> np.ndarray:
-    """Re-ID retrieval features [B, D] (after or before the BNNeck, per `config.eval.neck`)."""
-    return np.asarray(self._fns["features"](self.variables, jnp.asarray(images, jnp.float32)))
+    """Re-ID retrieval features [B, D], L2-normalised."""
+    return self._call(base.REID, np.asarray(images, np.float32))
 
   def image_embeddings(self, images: np.ndarray) -> np.ndarray:
-    """Image-text matching embeddings [B, E] of images."""
-    self._require_text()
-    return np.asarray(self._fns["image_emb"](self.variables, jnp.asarray(images, jnp.float32)))
+    """Image-text matching embeddings [B, E] of images, L2-normalised."""
+    return self._call(base.IMAGE_EMBED, np.asarray(images, np.float32))
 
   def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return self.tokenizer.encode(list(texts), self.config.input.max_text_len)
 
   def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
-    """Image-text matching embeddings [T, E] of descriptions."""
+    """Image-text matching embeddings [T, E] of descriptions, L2-normalised."""
     return self.token_embeddings(*self.encode_texts(texts))
 
   def token_embeddings(self, tokens: np.ndarray, token_mask: np.ndarray) -> np.ndarray:
     """Image-text matching embeddings [T, E] of tokenised descriptions ([T, L] ids and mask)."""
-    self._require_text()
-    return np.asarray(self._fns["text_emb"](self.variables, tokens, token_mask))
+    return self._call(base.TEXT_EMBED, tokens, token_mask)
 
   def reconstruct(self, images: np.ndarray, texts: Sequence[str], patch_mask: np.ndarray
                   ) -> np.ndarray:
     """Predicted pixels [B, N, p*p*3] (normalised space) of every patch, from the visible
     patches (`patch_mask` True = masked) and the caption."""
-    if not self.model.config.use_rec:
-      raise ValueError(f"the model in {self.workdir} has no reconstruction decoder "
-                       "(trained with lambda_rec=0)")
+    self._require(base.RECONSTRUCT)
+    patch_mask = np.asarray(patch_mask, bool)
+    want = self.method.model_config.num_masked
+    if patch_mask.ndim != 2 or (patch_mask.sum(axis=1) != want).any():
+      raise errors.DataError(f"reconstruct: patch_mask must be [batch, patches] with {want} "
+                             "masked (True) patches per row, the model's count")
     tokens, mask = self.encode_texts(texts)
-    return np.asarray(self._fns["reconstruct"](self.variables, jnp.asarray(images, jnp.float32),
-                                               tokens, mask, jnp.asarray(patch_mask, bool)))
+    return self._call(base.RECONSTRUCT, np.asarray(images, np.float32), tokens, mask,
+                      patch_mask)
 
   def embed_records(self, records: Sequence[Any], kind: str = "reid", batch_size: int = 64,
                     progress: str | None = None):
@@ -143,24 +135,28 @@ class TrainedModel:
     from retext_jax import data, evaluators
 
     if kind not in FEATURE_KINDS:
-      raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+      raise errors.ConfigError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    self._require(_KIND_FN[kind])
     fn = self.image_features if kind == "reid" else self.image_embeddings
     return evaluators.Features.of(fn, list(records), data.input_config(self.config), batch_size,
                                   progress)
 
-  def _require_text(self) -> None:
-    if not self.has_text:
-      raise ValueError(f"the model in {self.workdir} has no text encoder (trained without text)")
+  def _require(self, fn: str) -> None:
+    if not self.offers(fn):
+      offered = ", ".join(_WHAT.get(f, f) for f in self.method.predict_fns())
+      raise errors.ConfigError(
+          f"the {self.method.name} model in {self.workdir} offers no {_WHAT.get(fn, fn)}; "
+          f"it offers: {offered}")
 
 
 def load(workdir: str, which: str = "latest", step: int | None = None) -> TrainedModel:
-  """Restores the model of a training workdir (checkpoint `which` = "latest" or "best")."""
+  """Restores the model of a training workdir (checkpoint `which` = "latest" or "best"),
+  whatever its method, from the checkpoint alone."""
   variables, meta = checkpointing.restore_variables(workdir, which, step)
   if "model" not in meta:
-    raise ValueError(f"the {which} checkpoint in {workdir} predates saved model configs; "
-                     "retrain it with this version")
+    raise errors.ConfigError(f"the {which} checkpoint in {workdir} predates saved model "
+                             "configs; retrain it with this version")
   config = ml_collections.ConfigDict(meta["config"])
-  mcfg = ReTextConfig.from_dict(meta["model"])
-  model = ReText(mcfg, dtype=jnp.dtype(config.model.dtype))
-  return TrainedModel(model, eval_variables(variables, config.eval.features), config,
+  method = methods.get(meta.get("method", "retext")).restore(config, meta["model"])
+  return TrainedModel(method, method.eval_variables(variables, config.eval.features), config,
                       int(meta["step"]), os.path.abspath(workdir))

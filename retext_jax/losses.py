@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from retext_jax import errors
+
 _NORM_EPS = 1e-12
 
 
@@ -214,7 +216,8 @@ def queue_push(queue: dict[str, jax.Array], emb: jax.Array, ids: jax.Array) -> d
   size = queue["emb"].shape[0]
   batch = emb.shape[0]
   if batch > size:
-    raise ValueError(f"queue_push: batch {batch} larger than queue size {size}.")
+    raise errors.ConfigError(f"queue_push: batch {batch} larger than queue size {size}: raise "
+                             "config.loss.queue_size")
   slots = (queue["ptr"] + jnp.arange(batch)) % size
   return {
       "emb": queue["emb"].at[slots].set(jax.lax.stop_gradient(emb).astype(queue["emb"].dtype)),

@@ -9,16 +9,15 @@ as one line, not as a traceback from inside TensorFlow or JAX.
 from __future__ import annotations
 
 import logging as std_logging
-import os
 import sys
+import traceback
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from retext_jax import errors, tf_setup
 
-from retext_jax import errors  # noqa: E402
+tf_setup.quiet()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
                                           lock_config=True)
@@ -42,9 +41,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_logger().addFilter(_quiet_libraries)
-  import tensorflow as tf
-
-  tf.config.set_visible_devices([], "GPU")  # TF only feeds data; JAX owns the accelerators
+  tf_setup.data_only()
   import jax
 
   if _DISTRIBUTED.value:
@@ -58,21 +55,55 @@ def main(argv) -> None:
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
       train.evaluate(_CONFIG.value, _WORKDIR.value, which=_CHECKPOINT.value)
-  except errors.USER_ERRORS as e:
+  except errors.UserError as e:
     sys.exit(errors.report(e))
 
 
-def run() -> None:
+def _user_error(e: BaseException | None) -> errors.UserError | None:
+  """The UserError behind `e`, the first one raised: ml_collections re-raises what a config
+  file's get_config raises as a copy of it with the traceback in its message."""
+  found = None
+  while e is not None:
+    if isinstance(e, errors.UserError):
+      found = e
+    e = e.__cause__ or e.__context__
+  return found
+
+
+def _unknown_override(e: BaseException) -> errors.UnknownKeyError | None:
+  """An unknown `--config.<key>`: ml_collections raises AttributeError (or KeyError) from the
+  ConfigDict while applying the overrides, before main() runs."""
+  if not isinstance(e, (AttributeError, KeyError)) or not e.args:
+    return None
+  if not any("ml_collections" in f.filename for f in traceback.extract_tb(e.__traceback__)):
+    return None
+  inner = e.args[0]
+  while isinstance(inner, BaseException) and inner.args:  # AttributeError(KeyError(message))
+    inner = inner.args[0]
+  key, _, hint = str(inner).partition("\n")
+  return errors.UnknownKeyError(
+      f"unknown config key {key.strip(chr(39) + chr(34))!r} in a --config override"
+      + (f" ({hint.strip()})" if hint else "")
+      + "; the keys are the fields of the config file (e.g. --config.total_steps=100)")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Flag parsing with every command-line mistake as one line and exit code 2: a get_config
+  error (unknown preset, bad override value) arrives wrapped by the flags library, an unknown
+  `--config.<key>` as an AttributeError, a bad flag value as a flags.Error."""
   try:
-    app.run(main)
-  except (KeyError, AttributeError, ValueError) as e:
-    # Config-flag parsing (unknown or locked keys) fails before main() runs.
-    if os.environ.get("RETEXT_TRACEBACK"):
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001  (re-raised unless it is a user error)
+    user = _user_error(e) or _unknown_override(e)
+    if user is None and isinstance(e, flags.Error):
+      user = errors.ConfigError(f"{e} (see --helpshort)")
+    if user is None:
       raise
-    key = str(e).strip("\"'")
-    print(f"error: unknown config key {key!r} in a --config override; the keys are the "
-          "fields of the config file (e.g. --config.total_steps=100)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(errors.report(user))
+
+
+def run() -> None:
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

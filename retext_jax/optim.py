@@ -14,6 +14,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from retext_jax import errors
+
 BACKBONE = "backbone"
 HEAD = "head"
 FROZEN = "frozen"
@@ -73,7 +75,7 @@ def make_optimizer(cfg: Mapping, total_steps: int, backbone_prefixes: tuple[str,
           optax.add_decayed_weights(cfg["weight_decay"], mask=decay_mask),
           optax.sgd(sched, momentum=cfg.get("momentum", 0.9), nesterov=True),
       )
-    raise ValueError(f"config.optim.name={cfg['name']!r}: expected 'adamw' or 'sgd'")
+    raise errors.ConfigError(f"config.optim.name={cfg['name']!r}: expected 'adamw' or 'sgd'")
 
   freeze = cfg.get("freeze", "")
   tx = optax.multi_transform(

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-REID, TEXT = "reid", "text"
+from retext_jax import errors
+
+REID, TEXT = "reid", "text"  # tasks (and evaluator types): query/gallery Re-ID, captions -> images
+SCALARS = ("R1", "R5", "R10", "mAP", "mINP")  # metric names everywhere (fractions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +39,8 @@ class Protocol:
 
   @property
   def metrics(self) -> tuple[str, ...]:
-    return ("mAP", "R1") if self.task == REID else ("R1", "R5", "R10", "mAP", "mINP")
+    """The columns papers report for this task."""
+    return ("mAP", "R1") if self.task == REID else SCALARS
 
 
 _M, _MS, _CS, _C3 = (Target("Market-1501", "market1501", "market1501"),
@@ -84,68 +88,12 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def get(name: str) -> Protocol:
   if name not in PROTOCOLS:
-    raise KeyError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
+    raise errors.UnknownKeyError(
+        f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
   return PROTOCOLS[name]
 
 
 # ------------------------------------------------------------------------------------- runner
-
-
-class _FeatureCache:
-  """Features by image path: the 10 splits of a Protocol-1 target reuse the same images, so
-  each image goes through the model once."""
-
-  def __init__(self, trained, kind: str, batch_size: int, progress: bool):
-    self.trained, self.kind, self.batch_size, self.progress = trained, kind, batch_size, progress
-    self.rows: dict[str, np.ndarray] = {}
-
-  def __call__(self, records: Sequence, what: str):
-    from retext_jax.evaluators import Features
-
-    todo = list({r.path: r for r in records if r.path not in self.rows}.values())
-    if todo:
-      f = self.trained.embed_records(todo, self.kind, self.batch_size,
-                                     what if self.progress else None)
-      self.rows.update(zip((r.path for r in f.records), f.feats, strict=True))
-    kept = [r for r in records if r.path in self.rows]  # unreadable images are skipped
-    if not kept:
-      raise ValueError(f"{what}: none of the {len(records)} images could be read")
-    return Features(np.stack([self.rows[r.path] for r in kept]),
-                    np.asarray([r.pid for r in kept]), np.asarray([r.camid for r in kept]), kept)
-
-
-def _reid_metrics(embed: _FeatureCache, dataset, rerank: bool, max_rank: int) -> dict:
-  from retext_jax import evaluation
-
-  q = embed(dataset.query, f"{dataset.name} query")
-  g = embed(dataset.gallery, f"{dataset.name} gallery")
-  if rerank:
-    dist = evaluation.k_reciprocal_rerank(q.feats, g.feats)
-    res = evaluation.evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank)
-  else:
-    res = evaluation.evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids,
-                                       max_rank)
-  return {"mAP": res["mAP"], "R1": float(res["cmc"][0]), "mINP": res["mINP"],
-          "cmc": res["cmc"].tolist(), "num_query": len(q.pids), "num_gallery": len(g.pids)}
-
-
-def _text_metrics(embed: _FeatureCache, dataset, max_rank: int) -> dict:
-  from input_pipeline import eval_pipeline
-  from retext_jax import evaluation
-
-  trained = embed.trained
-  g = embed(dataset.test, f"{dataset.name} images")
-  q, q_pids = [], []
-  for b in eval_pipeline.make_text_eval_iterator(g.records, trained.tokenizer,
-                                                 trained.config.input.max_text_len,
-                                                 embed.batch_size):
-    q.append(trained.token_embeddings(b["tokens"], b["token_mask"])[b["valid"]])
-    q_pids.append(b["pid"][b["valid"]])
-  q, q_pids = np.concatenate(q), np.concatenate(q_pids)
-  res = evaluation.evaluate_text_to_image(q @ g.feats.T, q_pids, g.pids, max_rank=max_rank)
-  return {"R1": res["R1"], "R5": res["R5"], "R10": res["R10"], "mAP": res["mAP"],
-          "mINP": res["mINP"], "cmc": res["cmc"].tolist(), "num_query": len(q_pids),
-          "num_gallery": len(g.pids)}
 
 
 def _mean(runs: Sequence[dict], keys: Sequence[str]) -> dict:
@@ -161,34 +109,35 @@ def run(trained, name: str, data_root: str, batch_size: int = 64, rerank: bool =
   Metrics are fractions; a target with several splits reports their mean (and each split).
   """
   from input_pipeline import registry
+  from retext_jax import evaluators
 
   protocol = get(name)
   if max_rank < 10:
-    raise ValueError(f"max_rank must be at least 10 (CMC up to rank 10), got {max_rank}")
+    raise errors.ConfigError(f"max_rank must be at least 10 (CMC up to rank 10), got {max_rank}")
   if rerank and protocol.task == TEXT:
-    raise ValueError("--rerank applies to Re-ID protocols, not text-to-image")
-  keys = protocol.metrics if protocol.task == TEXT else ("mAP", "R1", "mINP")
+    raise errors.ConfigError("--rerank applies to Re-ID protocols, not text-to-image")
   targets = {}
   for t in protocol.targets:
     root = os.path.join(data_root, t.root)
     if not os.path.exists(root):
-      raise FileNotFoundError(f"protocol {name}: {t.name} folder {root} does not exist "
-                              "(set --data_root to the parent of the dataset folders)")
+      raise errors.MissingFileError(f"protocol {name}: {t.name} folder {root} does not exist "
+                                    "(set --data_root to the parent of the dataset folders)")
     runs = []
-    embed = _FeatureCache(trained, "reid" if protocol.task == REID else "matching", batch_size,
-                          progress)
+    embed = evaluators.FeatureCache(trained, "reid" if protocol.task == REID else "matching",
+                                    batch_size, progress)
     for split in range(t.splits):
       ds = registry.get_dataset(t.reader, root, **({"split_id": split} if t.splits > 1 else {}))
-      runs.append(_reid_metrics(embed, ds, rerank, max_rank) if protocol.task == REID else
-                  _text_metrics(embed, ds, max_rank))
-    targets[t.name] = {**_mean(runs, keys), **({"splits": runs} if t.splits > 1 else
+      runs.append(evaluators.reid_metrics(embed, ds, rerank, max_rank) if protocol.task == REID
+                  else evaluators.text_metrics(embed, ds, max_rank))
+    targets[t.name] = {**_mean(runs, SCALARS), **({"splits": runs} if t.splits > 1 else
                                                 {k: runs[0][k] for k in ("num_query",
                                                                          "num_gallery")})}
   out = {"protocol": name, "title": protocol.title, "task": protocol.task, "rerank": rerank,
          "workdir": trained.workdir, "step": trained.step, "model": trained.config.name,
+         "method": trained.method.name,
          "metrics": list(protocol.metrics), "targets": targets}
   if len(targets) > 1:
-    out["average"] = {k: float(np.mean([r[k] for r in targets.values()])) for k in keys}
+    out["average"] = {k: float(np.mean([r[k] for r in targets.values()])) for k in SCALARS}
   return out
 
 
@@ -196,7 +145,7 @@ def markdown(results: Sequence[dict]) -> str:
   """One table for one or more results of the same protocol (a row each), in percent."""
   first = results[0]
   if any(r["protocol"] != first["protocol"] for r in results):
-    raise ValueError("markdown: all results must come from the same protocol")
+    raise errors.ConfigError("markdown: all results must come from the same protocol")
   metrics = first["metrics"]
   columns = [(t, m) for t in first["targets"] for m in metrics]
   if "average" in first:

@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from retext_jax import errors
+
 DATA = "data"
 
 
@@ -23,7 +25,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
   n = len(devices) if num_devices is None else num_devices
   if n > len(devices):
-    raise ValueError(f"mesh asks for {n} devices but only {len(devices)} are visible")
+    raise errors.ConfigError(f"mesh asks for {n} devices but only {len(devices)} are visible")
   return Mesh(np.asarray(devices[:n]), (DATA,))
 
 

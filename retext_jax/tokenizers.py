@@ -16,6 +16,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from retext_jax import errors
+
 # What a tokenizer is built from; copied beside converted weights and into training workdirs.
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "vocab.json", "merges.txt")
@@ -77,9 +79,9 @@ def load_tokenizer(path: str, kind: str = "bert", *, check: bool = True) -> Text
   elif kind == "clip":
     tok = _clip(path)
   else:
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'bert' or 'clip'")
+    raise errors.ConfigError(f"unknown tokenizer kind {kind!r}; expected 'bert' or 'clip'")
   if check and tok.unknown_fraction() > 0:
-    raise ValueError(
+    raise errors.DataError(
         f"tokenizer from {path} maps ordinary English words to [UNK] "
         f"({tok.unknown_fraction():.0%} of {_PROBE!r}); is it the right vocabulary?"
     )
@@ -117,7 +119,8 @@ def _lowercase(folder: str) -> bool:
 
 def _bert(path: str) -> TextTokenizer:
   if not os.path.exists(path):
-    raise FileNotFoundError(f"no tokenizer files at {path}: expected vocab.txt or tokenizer.json")
+    raise errors.MissingFileError(
+        f"no tokenizer files at {path}: expected vocab.txt or tokenizer.json")
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   tj = _find(path, "tokenizer.json")
   if tj is not None:
@@ -125,13 +128,13 @@ def _bert(path: str) -> TextTokenizer:
   else:
     vocab = _find(path, "vocab.txt")
     if vocab is None:
-      raise FileNotFoundError(f"no vocab.txt or tokenizer.json in {path}")
+      raise errors.MissingFileError(f"no vocab.txt or tokenizer.json in {path}")
     tok = tokenizers.Tokenizer(models.WordPiece.from_file(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=_lowercase(folder))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
-      raise ValueError(f"{vocab} has no [CLS]/[SEP] tokens: not a BERT WordPiece vocabulary")
+      raise errors.DataError(f"{vocab} has no [CLS]/[SEP] tokens: not a BERT WordPiece vocabulary")
     # Registered as special: kept whole in raw text and dropped by decode, as in transformers.
     tok.add_special_tokens(
         [t for t in _BERT_SPECIALS if tok.token_to_id(t) is not None]
@@ -154,7 +157,7 @@ def _clip(path: str) -> TextTokenizer:
   else:
     vocab, merges = _find(path, "vocab.json"), _find(path, "merges.txt")
     if vocab is None or merges is None:
-      raise FileNotFoundError(f"no tokenizer.json or vocab.json + merges.txt in {path}")
+      raise errors.MissingFileError(f"no tokenizer.json or vocab.json + merges.txt in {path}")
     tok = tokenizers.Tokenizer(
         models.BPE.from_file(vocab, merges, unk_token="<|endoftext|>", end_of_word_suffix="</w>")
     )
@@ -175,7 +178,7 @@ def _clip(path: str) -> TextTokenizer:
     tok.decoder = decoders.ByteLevel()
     bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
     if bos is None or eos is None:
-      raise ValueError(
+      raise errors.DataError(
           f"{vocab} has no <|startoftext|>/<|endoftext|> tokens: not a CLIP vocabulary"
       )
     tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])

@@ -1,8 +1,10 @@
-"""The ReText trainer: one jitted step over a mesh, orbax checkpoints, clu metrics, evaluation.
+"""The trainer: one jitted step over a mesh, orbax checkpoints, clu metrics, evaluators.
 
-`train_and_evaluate(config, workdir)` is the whole run (resumes from the workdir if it holds a
-checkpoint); `evaluate(config, workdir)` restores a checkpoint on whatever devices are present
-and writes `results.json`.
+Generic over methods (`retext_jax.methods`, chosen by `config.method`): the method builds the
+model, owns the loss and says which streams it reads, which parameters its EMA tracks and which
+are pretrained backbones. `train_and_evaluate(config, workdir)` is the whole run (resumes from
+the workdir if it holds a checkpoint); `evaluate(config, workdir)` rebuilds the model from a
+checkpoint alone (no training data, no init files, no optimizer) and runs `config.evals`.
 """
 
 from __future__ import annotations
@@ -13,68 +15,38 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from retext_jax import checkpointing, data, evaluators, inference, optim, sharding, tokenizers
+from retext_jax import (
+    checkpointing,
+    data,
+    errors,
+    evaluators,
+    inference,
+    methods,
+    optim,
+    sharding,
+    tokenizers,
+)
+from retext_jax.methods.base import MULTICAM, SINGLECAM, Method
 from retext_jax.models import pretrained
-from retext_jax.models.retext import BACKBONE_KEYS, ReText, ReTextConfig
-from retext_jax.train_step import add_queue, create_state, make_train_step
+from retext_jax.protocols import SCALARS
+from retext_jax.train_step import create_state, make_train_step
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
-def build_model(config, sources: data.Sources):
-  """Model, its config, the tokenizer (or None) and pretrained params to load."""
-  lc = config.loss
-  needs_text = lc.lambda_iam > 0 or lc.lambda_rec > 0
-  vit_cfg, vit_params = pretrained.image_encoder(config.model, config.input.image_size,
-                                                 config.init.image,
-                                                 num_cameras=sources.num_cameras)
-  if lc.lambda_rec > 0 and vit_cfg.patch_stride != vit_cfg.patch_size:
-    raise ValueError("lambda_rec > 0 reconstructs non-overlapping patches: set "
-                     "config.model.stride equal to config.model.patch")
-  text_cfg = text_params = tokenizer = None
-  if needs_text:
-    text_cfg, text_params, tokenizer = pretrained.text_encoder(config.init.text)
-  mcfg = ReTextConfig(
-      vit=vit_cfg, text=text_cfg, num_classes=sources.num_classes,
-      num_sc_classes=sources.num_sc_classes if lc.lambda_sc_id > 0 else 0,
-      embed_dim=config.model.embed_dim, use_rec=lc.lambda_rec > 0,
-      decoder_width=config.model.decoder_width, decoder_depth=config.model.decoder_depth,
-      decoder_heads=config.model.decoder_heads,
-      num_masked=int(round(config.input.mask_ratio * vit_cfg.num_patches)),
-  )
-  model = ReText(mcfg, dtype=jnp.dtype(config.model.dtype))
-  loaded = {k: v for k, v in (("image_encoder", vit_params), ("text_encoder", text_params))
-            if v is not None}
-  return model, tokenizer, loaded
-
-
-def _dummy_inputs(config, model: ReText):
-  h, w = config.input.image_size
-  img = jnp.zeros((2, h, w, 3), jnp.float32)
-  tokens = jnp.zeros((2, config.input.max_text_len), jnp.int32)
-  n = model.config.vit.num_patches
-  patch_mask = jnp.zeros((2, n), bool).at[:, :model.config.num_masked].set(True)
-  return img, tokens, jnp.ones_like(tokens), patch_mask
-
-
-def init_state(config, model: ReText, tx, loaded: dict, mesh):
-  """Initialises (or loads pretrained weights into) the sharded train state."""
+def init_state(config, method: Method, tx, loaded: dict, mesh):
+  """Initialises (and loads pretrained towers into) the sharded train state."""
   rng = jax.random.key(config.seed)
-  inputs = _dummy_inputs(config, model)
+  if loaded:  # shape mismatches fail here, with every offending path named
+    _, report = pretrained.merge(jax.eval_shape(method.init_variables, rng)["params"], loaded)
+    pretrained.log_merge(report)
 
   def init_fn(rng):
-    variables = model.init({"params": rng, "dropout": rng}, *inputs, train=False)
-    params = _merge(variables["params"], loaded)
-    state = create_state(model, tx, {**variables, "params": params}, jax.random.fold_in(rng, 1))
-    return add_queue(state, config.loss.queue_size if config.loss.lambda_sp > 0 else 0,
-                     config.model.embed_dim)
+    variables = method.init_variables(rng)
+    params, _ = pretrained.merge(variables["params"], loaded)
+    return create_state(method, tx, {**variables, "params": params}, jax.random.fold_in(rng, 1))
 
   abstract = jax.eval_shape(init_fn, rng)
   shardings = sharding.state_shardings(abstract, mesh, fsdp=config.mesh.fsdp)
@@ -83,18 +55,11 @@ def init_state(config, model: ReText, tx, loaded: dict, mesh):
   return state, shardings
 
 
-def _merge(init: dict, loaded: dict) -> dict:
-  """Pretrained leaves replace initial ones; leaves absent from the checkpoint keep their init."""
-  out = dict(init)
-  for k, v in loaded.items():
-    out[k] = _merge(init[k], v) if isinstance(v, dict) and k in init else v
-  return out
-
-
-def _meta(config, model: ReText, step: int, metrics: dict, initial: dict | None) -> dict:
+def _meta(config, method: Method, step: int, metrics: dict, initial: dict | None) -> dict:
   """What is saved beside the state: enough to rebuild the model without the training data."""
   return {"step": int(step), "config": config.to_dict(), "config_name": config.name,
-          "model": model.config.to_dict(), "metrics": metrics, "initial": initial}
+          "method": config.method, "model": method.model_config.to_dict(), "metrics": metrics,
+          "initial": initial}
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -102,82 +67,91 @@ def _check_finite(step: int, metrics: dict) -> None:
   bad = sorted((k for k, v in metrics.items() if not np.all(np.isfinite(v))),
                key=lambda k: not k.startswith("loss/"))
   if bad:
-    raise NonFiniteLossError(
+    raise errors.NonFiniteLossError(
         f"non-finite loss at step {step}: " + ", ".join(f"{k}={metrics[k]}" for k in bad)
         + "; the last good checkpoint is left intact"
     )
 
 
-def _predict_fn(model: ReText, mesh, eval_cfg):
-  @jax.jit
-  def features(state, images):
-    return model.apply(inference.eval_variables(state, eval_cfg.features), images, eval_cfg.neck,
-                       method=ReText.features)
-
-  def predict(state, images):
-    return features(state, sharding.global_batch({"x": images}, mesh)["x"])
-
-  return predict
-
-
 def _flatten(results: dict) -> dict[str, float]:
-  return {f"{t}/{k}": v for t, r in results.items() for k, v in r.items()}
+  return {f"{e}/{t}/{k}": v for e, r in results.items() for t, m in r.items()
+          for k, v in m.items()}
 
 
-def _headline(results: dict, key: str) -> float:
-  return results["average" if "average" in results else next(iter(results))][key]
+def _headline(results: dict, best_metric: str) -> float:
+  """`best_metric` = "<evaluator>/<metric>": the average over its targets, or its only one."""
+  name, key = best_metric.split("/")
+  r = results[name]
+  return r["average" if "average" in r else next(iter(r))][key]
 
 
-def _check_batch_sizes(config, mesh) -> None:
+def _check_best_metric(config, evals: dict) -> None:
+  name, _, key = config.best_metric.partition("/")
+  if config.best_metric and (name not in evals or key not in SCALARS):
+    raise errors.ConfigError(
+        f"config.best_metric={config.best_metric!r}: expected '<evaluator>/<metric>' with an "
+        f"evaluator of config.evals ({', '.join(evals)}) and a metric in {SCALARS}, or ''")
+
+
+def _check_batch_sizes(config, streams: tuple[str, ...], mesh) -> None:
   """Global batches are split along `data`: each must divide by the device count."""
   n = mesh.shape[sharding.DATA]
-  sizes = {"input.multicam_p * input.multicam_k": config.input.multicam_p * config.input.multicam_k,
-           "input.singlecam_batch_size": config.input.singlecam_batch_size,
-           "input.eval_batch": config.input.eval_batch}
+  sizes = {"input.eval_batch": config.input.eval_batch}
+  if MULTICAM in streams:
+    sizes["input.multicam_p * input.multicam_k"] = config.input.multicam_p * config.input.multicam_k
+  if SINGLECAM in streams:
+    sizes["input.singlecam_batch_size"] = config.input.singlecam_batch_size
   bad = [f"{k}={v}" for k, v in sizes.items() if v % n]
   if bad:
-    raise ValueError(f"batch sizes must be multiples of the {n} devices: " + ", ".join(bad))
+    raise errors.ConfigError(f"batch sizes must be multiples of the {n} devices: " + ", ".join(bad))
 
 
 @dataclasses.dataclass
 class _Run:
-  """Everything training and evaluation share: built once from the config."""
+  """Everything training needs: built once from the config."""
 
+  config: Any
+  workdir: str
   mesh: Any
   sources: data.Sources
-  model: ReText
+  method: Method
   tokenizer: Any
   tx: Any
   schedules: dict
   state: dict
   shardings: Any
   ckpt: checkpointing.Checkpointer
-  predict: Any  # jitted feature extractor, compiled once
+  evals: dict
 
-  def evaluate(self, config, state) -> dict:
-    return evaluators.evaluate_all(lambda x: self.predict(state, x), self.sources.targets,
-                                   data.input_config(config), config.input.eval_batch,
-                                   config.eval.max_rank)
+  def evaluate(self, state, step: int) -> dict:
+    """`config.evals` on the live state; batches are placed on the mesh like training ones."""
+    trained = inference.TrainedModel(
+        self.method, self.method.eval_variables(state, self.config.eval.features), self.config,
+        step, self.workdir, self.tokenizer,
+        place=lambda x: sharding.global_batch({"x": x}, self.mesh)["x"])
+    return evaluators.evaluate(self.evals, trained)
 
 
 def _setup(config, workdir: str) -> _Run:
   mesh = sharding.make_mesh(config.mesh.num_devices or None)
-  _check_batch_sizes(config, mesh)
   sources = data.load_sources(config)
-  model, tokenizer, loaded = build_model(config, sources)
-  tx, schedules = optim.make_optimizer(config.optim, config.total_steps, BACKBONE_KEYS)
-  state, shardings = init_state(config, model, tx, loaded, mesh)
+  init = methods.get(config.method).create(config, sources.info)
+  method = init.method
+  _check_batch_sizes(config, method.streams, mesh)
+  evals = evaluators.from_config(config, sources.targets, list(method.predict_fns()))
+  _check_best_metric(config, evals)
+  tx, schedules = optim.make_optimizer(config.optim, config.total_steps, method.backbone_keys)
+  state, shardings = init_state(config, method, tx, init.pretrained, mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric or None)
-  return _Run(mesh, sources, model, tokenizer, tx, schedules, state, shardings, ckpt,
-              _predict_fn(model, mesh, config.eval))
+  return _Run(config, workdir, mesh, sources, method, init.tokenizer, tx, schedules, state,
+              shardings, ckpt, evals)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates on the targets, writes results.json; returns the final metrics."""
   os.makedirs(workdir, exist_ok=True)
   run = _setup(config, workdir)
-  mesh, sources, model, state, shardings, ckpt = (run.mesh, run.sources, run.model, run.state,
-                                                  run.shardings, run.ckpt)
+  mesh, method, state, shardings, ckpt = run.mesh, run.method, run.state, run.shardings, run.ckpt
   start, initial = ckpt.latest_step() or 0, None
   if start:
     state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings), start)
@@ -195,17 +169,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     parameter_overview.log_parameter_overview(state["params"])
     writer.write_hparams(_flat_config(config))
   step_fn = jax.jit(
-      make_train_step(model, run.tx, config.loss, run.schedules, model.config.vit.patch_size),
+      make_train_step(method, run.tx, run.schedules),
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
   )
-  train_iter = data.train_iterator(config, sources, run.tokenizer, start)
+  train_iter = data.train_iterator(config, run.sources, method.streams, run.tokenizer, start)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
-  evaluate_now = lambda s: run.evaluate(config, s)
-
   if start == 0 and config.eval_every:
-    initial = evaluate_now(state)  # the untrained model: the baseline training must beat
+    initial = run.evaluate(state, 0)  # the untrained model: the baseline training must beat
     writer.write_scalars(0, {f"eval/{k}": v for k, v in _flatten(initial).items()})
     logging.info("step 0 (untrained) %s", _summary(initial))
   results, step = {}, start
@@ -222,14 +194,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
       if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
         with report.timed("eval"):
-          results = evaluate_now(state)
+          results = run.evaluate(state, step)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))
         if config.best_metric:
-          ckpt.save_best(step, state, _meta(config, model, step, results, initial),
+          ckpt.save_best(step, state, _meta(config, method, step, results, initial),
                          {config.best_metric: _headline(results, config.best_metric)})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-        ckpt.save(step, state, _meta(config, model, step, results, initial))
+        ckpt.save(step, state, _meta(config, method, step, results, initial))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
         break
@@ -237,8 +209,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if step < config.total_steps:  # stopped by a signal
     return {}
   if not results:  # resumed at the final step, or evaluation switched off during training
-    results = evaluate_now(state)
-  final = {"config_name": config.name, "step": step, "targets": results, "initial": initial}
+    results = run.evaluate(state, step)
+  final = {"config_name": config.name, "method": config.method, "step": step, "evals": results,
+           "initial": initial}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(final, f, indent=2)
@@ -247,24 +220,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def evaluate(config, workdir: str, which: str = "latest") -> dict:
-  """Restores a checkpoint (written on any device count) and evaluates it on the targets."""
-  run = _setup(config, workdir)
-  state, meta = run.ckpt.restore(
-      checkpointing.abstract_with_shardings(run.state, run.shardings), which=which)
-  run.ckpt.close()
-  results = run.evaluate(config, state)
-  final = {"config_name": config.name, "step": meta["step"], "targets": results,
-           "checkpoint": which}
-  with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:
-    json.dump(final, f, indent=2)
-  print(f"[{config.name}] checkpoint step {meta['step']}: {_summary(results)}")
+  """Rebuilds the checkpoint's model from its metadata (written on any device count, any
+  method) and runs `config.evals` on `config.data.targets`. Reads no training source, no
+  pretrained init file and builds no optimizer."""
+  trained = inference.load(workdir, which)
+  evals = evaluators.from_config(config, data.load_targets(config),
+                                 list(trained.method.predict_fns()))
+  results = evaluators.evaluate(evals, trained)
+  final = {"config_name": config.name, "method": trained.method.name, "step": trained.step,
+           "evals": results, "checkpoint": which}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:
+      json.dump(final, f, indent=2)
+  print(f"[{config.name}] checkpoint step {trained.step}: {_summary(results)}")
   return final
 
 
 def _summary(results: dict) -> str:
   return "; ".join(
-      f"{t}: rank-1 {r['rank1']:.1%} mAP {r['mAP']:.1%} mINP {r['mINP']:.1%}"
-      for t, r in results.items()
+      f"{e}/{t}: R1 {r['R1']:.1%} mAP {r['mAP']:.1%} mINP {r['mINP']:.1%}"
+      for e, targets in results.items() for t, r in targets.items()
   )
 
 

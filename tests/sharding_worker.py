@@ -15,26 +15,26 @@ def main(out: str, num_devices: int, mode: str) -> None:
   import jax
   import numpy as np
   from flax import traverse_util
-  from train_utils import TINY_LOSS, TINY_OPTIM, init_variables, tiny_batch, tiny_model
+  from train_utils import TINY_OPTIM, init_variables, tiny_batch, tiny_method
 
   from retext_jax import optim, sharding
-  from retext_jax.models.retext import BACKBONE_KEYS
   from retext_jax.train_step import create_state, make_train_step
 
   mesh = sharding.make_mesh(num_devices)
-  model = tiny_model()
+  method = tiny_method()
   # SGD, not Adam: attention key biases have an exactly-zero true gradient, and Adam would turn
   # their ~1e-9 rounding noise (which differs between shardings) into lr-sized updates.
-  tx, scheds = optim.make_optimizer(dict(TINY_OPTIM, name="sgd", lr=0.05), 10, BACKBONE_KEYS)
+  tx, scheds = optim.make_optimizer(dict(TINY_OPTIM, name="sgd", lr=0.05), 10,
+                                    method.backbone_keys)
 
   def init():
-    return create_state(model, tx, init_variables(model), jax.random.key(1))
+    return create_state(method, tx, init_variables(method), jax.random.key(1))
 
   abstract = jax.eval_shape(init)
   shardings = sharding.state_shardings(abstract, mesh, fsdp=mode == "fsdp", min_size=64)
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=shardings)()
-  step = jax.jit(make_train_step(model, tx, TINY_LOSS, scheds, 8),
+  step = jax.jit(make_train_step(method, tx, scheds),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   losses = []

@@ -278,11 +278,12 @@ def test_overlapping_stride_resizes_the_grid(tiny):
 
 
 def test_convert_cli_round_trip(tiny, tmp_path):
+  from retext_jax.models import pretrained
   from retext_jax.tools import convert
 
   folder, _, params, config = tiny
   out = tmp_path / "converted"
   assert convert.main(["--from", str(folder), "--kind", "clip", "--out", str(out)]) == 0
-  params_c, config_c = convert.load_converted(out)
+  params_c, config_c = pretrained.load_converted(out)
   assert config_c == config
   jax.tree.map(np.testing.assert_array_equal, params_c, params)

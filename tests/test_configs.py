@@ -1,12 +1,13 @@
-"""configs/retext.py: presets, short overrides and the protocol table it trains on."""
+"""configs/retext.py and configs/bot.py: presets, short overrides, the protocol table they train
+on, and one-line user errors for typos."""
 
 import pytest
 
-from configs import retext
-from retext_jax import protocols
+from configs import bot, common, retext
+from retext_jax import errors, protocols
 
 
-@pytest.mark.parametrize("name", retext.TRAINING_PROTOCOLS)
+@pytest.mark.parametrize("name", common.TRAINING_PROTOCOLS)
 def test_protocol_sets_sources_and_targets(name):
   c = retext.get_config(f"paper,protocol={name}")
   p = protocols.get(name)
@@ -32,3 +33,24 @@ def test_short_overrides_and_unknown_keys():
   assert (c.total_steps, c.optim.lr, c.loss.lambda_rec) == (7, 0.01, 0.0)
   with pytest.raises(KeyError, match="unknown config override"):
     retext.get_config("demo,stepz=3")
+
+
+@pytest.mark.parametrize("module", [retext, bot])
+def test_config_mistakes_are_user_errors(module):
+  for arg, match in [("demoo", "unknown preset 'demoo'"), ("demo,steps=abc", "steps='abc'"),
+                     ("demo,stepz=3", "stepz"), ("demo,steps", "not key=value")]:
+    with pytest.raises(errors.UserError, match=match):
+      module.get_config(arg)
+
+
+def test_bot_presets_share_the_retext_demo_data_without_captions():
+  b, r = bot.get_config("demo"), retext.get_config("demo")
+  assert b.method == "bot" and r.method == "retext"
+  assert list(b.data.sources) == ["synthetic_source"]
+  assert b.data.sources["synthetic_source"] == r.data.sources["synthetic_source"]
+  assert b.data.targets == r.data.targets and b.model.vit == r.model.vit == "tiny"
+  assert (b.input.image_size, b.total_steps, b.optim.lr) == (r.input.image_size, 400, 5e-4)
+  assert "lambda_iam" not in b.loss and "text" not in b.init
+  c = bot.get_config("paper,protocol=m_to_ms,stride=12,camera=1")
+  assert list(c.data.sources) == ["market1501"] and list(c.data.targets) == ["msmt17"]
+  assert c.model.stride == 12 and c.model.camera_embedding is True

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from retext_jax.models import bert, vit
+from retext_jax.models import bert, pretrained, vit
 from retext_jax.tools import convert
 
 torch = pytest.importorskip("torch", reason="transformers+torch CPU builds the reference models")
@@ -36,7 +36,7 @@ def test_vit_convert_then_load_matches_hf(folders, tmp_path, capsys):
   assert rc == 0 and "wrote" in capsys.readouterr().out
   meta = json.loads((out / "model_config.json").read_text())
   assert meta["kind"] == "vit" and meta["config"]["image_size"] == [256, 128]
-  params, config = convert.load_converted(out)
+  params, config = pretrained.load_converted(out)
   assert isinstance(config, vit.ViTConfig) and config.grid == (16, 8)
   x = np.random.default_rng(0).normal(size=(2, 256, 128, 3)).astype(np.float32)
   ours = jax.jit(vit.ViT(config).apply)({"params": params}, x)
@@ -50,7 +50,7 @@ def test_vit_convert_then_load_matches_hf(folders, tmp_path, capsys):
 def test_bert_convert_then_load(folders, tmp_path):
   folder, model = folders["bert"]
   assert convert.main(["--from", str(folder), "--kind", "bert", "--out", str(tmp_path / "b")]) == 0
-  params, config = convert.load_converted(tmp_path / "b")
+  params, config = pretrained.load_converted(tmp_path / "b")
   assert isinstance(config, bert.BertConfig)
   ids = np.random.default_rng(0).integers(0, 100, (2, 9))
   ours = bert.Bert(config).apply({"params": params}, ids)
@@ -107,4 +107,4 @@ def test_errors_are_one_line_with_exit_code_2(folders, tmp_path, capsys):
   with pytest.raises(SystemExit):
     convert.main(["--from", str(empty), "--kind", "vit", "--out", "o", "--image-size", "256x128"])
   with pytest.raises(FileNotFoundError, match="not a converted checkpoint"):
-    convert.load_converted(tmp_path)
+    pretrained.load_converted(tmp_path)

@@ -5,7 +5,6 @@ import pytest
 from encoder_utils import save_tiny_vit
 
 from retext_jax.models import pretrained, vit
-from retext_jax.tools import convert
 
 MODEL_CFG = dict(vit="tiny", depth=0, patch=16, stride=16, drop_path=0.1, camera_embedding=True)
 
@@ -21,7 +20,7 @@ def hf_vit(tmp_path_factory):
 def test_converted_vit_at_another_size_equals_direct_import(hf_vit, tmp_path):
   # Converted at 224x224, loaded for 256x128: the position embeddings are resized from the
   # stored 14x14 grid to 16x8, exactly as importing the HF folder at 256x128 does.
-  convert.convert(hf_vit, "vit", str(tmp_path / "conv"))
+  pretrained.convert(hf_vit, "vit", str(tmp_path / "conv"))
   cfg, params = pretrained.image_encoder(MODEL_CFG, (256, 128), str(tmp_path / "conv"),
                                          num_cameras=6)
   direct, direct_cfg = vit.convert_checkpoint(hf_vit, image_size=(256, 128), stride=16)

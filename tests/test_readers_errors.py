@@ -9,6 +9,7 @@ from reader_utils import write_image, write_images, write_text
 
 from input_pipeline import registry
 from input_pipeline.readers import common
+from retext_jax import errors
 
 
 def test_missing_root_names_path_and_layout(tmp_path):
@@ -91,6 +92,30 @@ def test_unknown_split_value(tmp_path):
 def test_unknown_dataset_name():
   with pytest.raises(KeyError, match="market1501"):
     registry.get_dataset("market", "/tmp")
+
+
+def test_data_and_option_mistakes_are_user_errors(tmp_path):
+  """What the user can fix is an `errors.UserError` (one line from the CLI); our bugs are not."""
+  with pytest.raises(errors.MissingFileError) as e:
+    registry.get_dataset("market1501", str(tmp_path / "nowhere"))
+  assert isinstance(e.value, common.LayoutError) and isinstance(e.value, FileNotFoundError)
+  write_text(str(tmp_path / "data_captions.json"), '{"annotations": []}')
+  os.makedirs(tmp_path / "imgs")
+  with pytest.raises(errors.DataError) as e:
+    registry.get_dataset("rstpreid", str(tmp_path))
+  assert isinstance(e.value, common.AnnotationError) and isinstance(e.value, ValueError)
+  with pytest.raises(errors.UnknownKeyError) as e:
+    registry.get_dataset("market", str(tmp_path))
+  assert str(e.value).startswith("unknown dataset 'market'")  # no KeyError repr quotes
+  with pytest.raises(errors.ConfigError, match="query_cam"):
+    registry.get_dataset("viper", str(tmp_path), query_cam="c")
+  with pytest.raises(errors.ConfigError, match="split_id"):
+    registry.get_dataset("grid", str(tmp_path), split_id=10)
+  # Registering a reader name twice is a bug in the code: a plain ValueError with a traceback.
+  registry.names()
+  with pytest.raises(ValueError, match="registered twice") as e:
+    registry.register("market1501")(lambda root: None)
+  assert not isinstance(e.value, errors.UserError)
 
 
 def test_readers_import_without_tensorflow():

@@ -57,7 +57,7 @@ def test_extract_safetensors_and_npy_hold_features_ids_and_paths(trained, tmp_pa
   np.testing.assert_array_equal(a["features"], b["features"])
   np.testing.assert_array_equal(a["pids"], b["pids"])
   assert a["kind"] == b["kind"] == "reid" and a["step"] == model.step
-  assert a["features"].shape == (len(gallery), model.model.config.vit.hidden_size)
+  assert a["features"].shape == (len(gallery), model.method.model_config.vit.hidden_size)
   np.testing.assert_allclose(np.linalg.norm(a["features"], axis=1), 1.0, atol=1e-5)
   # The same images one by one through the in-memory API give the same features.
   one = model.embed_records(gallery[:3], "reid", batch_size=8).feats

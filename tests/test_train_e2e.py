@@ -59,9 +59,9 @@ def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
   assert "logging_writer.py" in train.stderr  # while our own INFO lines still show
   res = json.load(open(f"{wd}/results.json"))
   assert res["step"] == 6 and res["config_name"] == "retext_tiny"
-  target = res["targets"]["synthetic_target"]
-  assert set(target) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
-  assert 0 < target["mAP"] <= 1 and target["rank1"] <= target["rank5"] <= target["rank10"]
+  target = res["evals"]["reid"]["synthetic_target"]
+  assert set(target) == {"R1", "R5", "R10", "mAP", "mINP"}
+  assert 0 < target["mAP"] <= 1 and target["R1"] <= target["R5"] <= target["R10"]
   assert glob.glob(f"{wd}/events.out.tfevents.*")
   assert _steps(wd) == [3, 6]
   assert glob.glob(f"{wd}/best/[0-9]*")
@@ -70,8 +70,8 @@ def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
   again = json.load(open(f"{wd}/results_eval_latest.json"))
   assert again["step"] == 6
   for k, v in target.items():
-    assert abs(again["targets"]["synthetic_target"][k] - v) < 1e-4, k
-  assert "rank-1" in proc.stdout
+    assert abs(again["evals"]["reid"]["synthetic_target"][k] - v) < 1e-4, k
+  assert "reid/synthetic_target: R1" in proc.stdout
 
 
 def _wait_for(pred, proc, timeout=600):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from retext_jax import errors
 from retext_jax.models import vit
 from retext_jax.models import weights as W
 
@@ -125,8 +126,9 @@ def test_sharded_safetensors_and_file_errors(tmp_path):
   with pytest.raises(W.WeightImportError, match="does not exist"):
     W.load_safetensors_dir(tmp_path / "nope")
   np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
-  with pytest.raises(W.WeightImportError, match="cannot read"):
+  with pytest.raises(W.WeightImportError, match="cannot read") as e:
     W.load_npz(tmp_path / "obj.npz")
+  assert isinstance(e.value, errors.UserError) and isinstance(e.value, ValueError)
 
 
 def _hf_to_vit_jax_npz(t: dict, heads: int) -> dict:

@@ -1,4 +1,4 @@
-"""A tiny ReText model, optimizer and in-memory batch for train-step tests (no TensorFlow)."""
+"""A tiny ReText method, optimizer and in-memory batch for train-step tests (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ IMAGE = (32, 16)
 PATCH = 8
 
 
-def tiny_model(loss=TINY_LOSS, num_classes=4, num_sc_classes=0, dtype="float32"):
-  import jax.numpy as jnp
+def tiny_method(loss=TINY_LOSS, num_classes=4, num_sc_classes=0, dtype="float32"):
+  """The ReText method around a 2-block ViT (and BERT when a text loss is on)."""
+  import ml_collections
 
+  from retext_jax.methods.retext import ReTextMethod
+  from retext_jax.methods.retext.model import ReTextConfig
   from retext_jax.models import bert, vit
-  from retext_jax.models.retext import ReText, ReTextConfig
 
   vcfg = vit.ViTConfig(image_size=IMAGE, patch_size=PATCH, hidden_size=32, num_layers=2,
                        num_heads=2, mlp_dim=64, drop_path_rate=0.1)
@@ -27,7 +29,10 @@ def tiny_model(loss=TINY_LOSS, num_classes=4, num_sc_classes=0, dtype="float32")
   cfg = ReTextConfig(vit=vcfg, text=tcfg, num_classes=num_classes, num_sc_classes=num_sc_classes,
                      embed_dim=16, use_rec=loss["lambda_rec"] > 0, decoder_width=16,
                      decoder_depth=1, decoder_heads=2, num_masked=vcfg.num_patches // 2)
-  return ReText(cfg, dtype=jnp.dtype(dtype))
+  config = ml_collections.ConfigDict(dict(
+      input=dict(image_size=IMAGE, max_text_len=8), model=dict(dtype=dtype), loss=dict(loss),
+      eval=dict(neck="after", features="student")))
+  return ReTextMethod(config, cfg)
 
 
 def tiny_batch(seed=0, p=4, k=2, b=8, length=8, num_patches=8):
@@ -52,13 +57,13 @@ def tiny_batch(seed=0, p=4, k=2, b=8, length=8, num_patches=8):
   }
 
 
-def init_variables(model, seed=0):
+def init_variables(method, seed=0):
   import jax
   import jax.numpy as jnp
 
   h, w = IMAGE
-  n = model.config.vit.num_patches
-  pm = jnp.zeros((2, n), bool).at[:, : model.config.num_masked].set(True)
+  n = method.model_config.vit.num_patches
+  pm = jnp.zeros((2, n), bool).at[:, : method.model_config.num_masked].set(True)
   tokens = jnp.ones((2, 8), jnp.int32)
-  return model.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed)},
+  return method.model.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed)},
                     jnp.zeros((2, h, w, 3)), tokens, jnp.ones_like(tokens), pm)

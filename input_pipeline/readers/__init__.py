@@ -19,8 +19,9 @@ usage that merges every image into train.
 Skips: where dropping data is the documented policy (empty captions; images left without a
 caption), readers log one warning per reason and attach `dataset.skipped`, a dict reason -> count
 (always present, {} when nothing was dropped); `common.skipped(ds)` reads it. Everything else that
-is wrong with the data raises `common.LayoutError` (a FileNotFoundError) or
-`common.AnnotationError` (a ValueError) naming the file, line/entry and field.
+is wrong with the data raises `common.LayoutError` (a `retext_jax.errors.MissingFileError`, so a
+FileNotFoundError) or `common.AnnotationError` (a `retext_jax.errors.DataError`, so a ValueError)
+naming the file, line/entry and field; reader options out of range raise `errors.ConfigError`.
 
 Readers never import TensorFlow.
 """

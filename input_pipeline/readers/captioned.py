@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from input_pipeline.readers import common
 from input_pipeline.records import TEST, TRAIN, Record, ReIDDataset
 from input_pipeline.registry import register
+from retext_jax import errors
 
 _SYNTH_FILES = ("synthpedes_dataset.json", "synthpedes-dataset.json")
 
@@ -90,7 +91,7 @@ def _read_text_reid(
   image); entries of the remaining split ("val") are left out.
   """
   if eval_split not in ("test", "val"):
-    raise ValueError(f"{name}: eval_split must be 'test' or 'val', got {eval_split!r}")
+    raise errors.ConfigError(f"{name}: eval_split must be 'test' or 'val', got {eval_split!r}")
   layout = (f"  <root>/{' or '.join(ann_files)}  (list of {{split, captions, {path_key}, id}})\n"
             f"  <root>/imgs/<{path_key}>\n  (root may also be a parent: {candidates[1]})")
   base = common.find_root(root, candidates, (ann_files, "imgs"), dataset=name, layout=layout)

@@ -18,6 +18,7 @@ from typing import Any
 
 from input_pipeline import records as records_lib
 from input_pipeline.records import Record, ReIDDataset
+from retext_jax import errors
 
 log = logging.getLogger("input_pipeline.readers")
 
@@ -29,11 +30,11 @@ SPLIT_SEED = 0
 NUM_SPLITS = 10
 
 
-class LayoutError(FileNotFoundError):
+class LayoutError(errors.MissingFileError):
   """A dataset folder, sub-folder or annotation file is missing."""
 
 
-class AnnotationError(ValueError):
+class AnnotationError(errors.DataError):
   """An annotation file, list file or image file name cannot be parsed."""
 
 
@@ -284,7 +285,8 @@ def offset_groups(groups: Sequence[Sequence[Record]]) -> list[Record]:
 
 def check_split_id(split_id: int, *, dataset: str) -> None:
   if isinstance(split_id, bool) or not isinstance(split_id, int) or not 0 <= split_id < NUM_SPLITS:
-    raise ValueError(f"{dataset}: split_id must be an int in 0..{NUM_SPLITS - 1}, got {split_id!r}")
+    raise errors.ConfigError(
+        f"{dataset}: split_id must be an int in 0..{NUM_SPLITS - 1}, got {split_id!r}")
 
 
 def split_rng(split_id: int, *, dataset: str):

@@ -18,6 +18,7 @@ import re
 from input_pipeline.readers import common
 from input_pipeline.records import GALLERY, QUERY, TRAIN, Record, ReIDDataset
 from input_pipeline.registry import register
+from retext_jax import errors
 
 _PID_CAM = re.compile(r"^([-\d]+)_c(\d+)")
 _SPLIT_DIRS = {TRAIN: "bounding_box_train", QUERY: "query", GALLERY: "bounding_box_test"}
@@ -140,7 +141,7 @@ def cuhk03_np(root: str, variant: str = "detected", combineall: bool = False) ->
   Layout `cuhk03-np/<variant>/{bounding_box_train,query,bounding_box_test}/*.png`, two cameras.
   """
   if variant not in ("detected", "labeled"):
-    raise ValueError(f"cuhk03_np: variant must be 'detected' or 'labeled', got {variant!r}")
+    raise errors.ConfigError(f"cuhk03_np: variant must be 'detected' or 'labeled', got {variant!r}")
   spec = Spec(
       name="cuhk03_np",
       candidates=(variant, f"cuhk03-np/{variant}", f"cuhk03_np/{variant}", f"CUHK03-NP/{variant}",

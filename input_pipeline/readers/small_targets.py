@@ -19,6 +19,7 @@ import re
 from input_pipeline.readers import common
 from input_pipeline.records import GALLERY, QUERY, TRAIN, Record, ReIDDataset
 from input_pipeline.registry import register
+from retext_jax import errors
 
 
 def _by_pid(recs: list[Record]) -> dict[int, list[Record]]:
@@ -55,7 +56,7 @@ def cuhk02(root: str, combineall: bool = False, test_pair: str = "P5") -> ReIDDa
   """
   name = "cuhk02"
   if test_pair not in _CUHK02_PAIRS:
-    raise ValueError(f"{name}: test_pair must be one of {_CUHK02_PAIRS}, got {test_pair!r}")
+    raise errors.ConfigError(f"{name}: test_pair must be one of {_CUHK02_PAIRS}, got {test_pair!r}")
   base = common.find_root(
       root, ("", "Dataset", "cuhk02/Dataset", "cuhk02", "CUHK02/Dataset"), _CUHK02_PAIRS,
       dataset=name, layout=_CUHK02_LAYOUT,
@@ -211,7 +212,7 @@ def viper(root: str, split_id: int = 0, query_cam: str = "a") -> ReIDDataset:
   name = "viper"
   common.check_split_id(split_id, dataset=name)
   if query_cam not in ("a", "b"):
-    raise ValueError(f"{name}: query_cam must be 'a' or 'b', got {query_cam!r}")
+    raise errors.ConfigError(f"{name}: query_cam must be 'a' or 'b', got {query_cam!r}")
   base = common.find_root(
       root, ("", "VIPeR", "viper/VIPeR", "viper"), ("cam_a", "cam_b"), dataset=name,
       layout=_VIPER_LAYOUT,

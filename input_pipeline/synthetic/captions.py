@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from input_pipeline.synthetic.attributes import COLOURS
+from retext_jax import errors
 
 UPPER_WORDS = {"t-shirt": ("t-shirt", "tee"), "shirt": ("shirt",), "jacket": ("jacket", "coat"),
                "sweater": ("sweater", "jumper")}
@@ -137,7 +138,7 @@ def make_captions(visible: dict[str, str], rng: np.random.Generator, num: int,
                   error_rate: float) -> list[tuple[str, dict | None]]:
   """`num` captions of one image, each with its error record (None when correct)."""
   if not 0.0 <= error_rate <= 1.0:
-    raise ValueError(f"caption error rate must be in [0, 1], got {error_rate}")
+    raise errors.ConfigError(f"caption error rate must be in [0, 1], got {error_rate}")
   out = []
   for _ in range(num):
     if rng.random() < error_rate:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from retext_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -49,5 +51,6 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
   if name not in PRESETS:
-    raise KeyError(f"unknown synthetic preset {name!r}; expected one of {sorted(PRESETS)}")
+    raise errors.UnknownKeyError(
+        f"unknown synthetic preset {name!r}; expected one of {sorted(PRESETS)}")
   return PRESETS[name]

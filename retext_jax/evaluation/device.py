@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retext_jax import errors
 from retext_jax.evaluation.ranking import _check_lengths
 
 
@@ -74,15 +75,15 @@ def evaluate_features_jax(
   The gallery stays on device; each query chunk is padded to `chunk_size` (one compilation).
   """
   if mode not in ("sort", "topk"):
-    raise ValueError(f"evaluate_features_jax: mode must be 'sort' or 'topk', got {mode!r}.")
+    raise errors.ConfigError(f"evaluate_features_jax: mode must be 'sort' or 'topk', got {mode!r}.")
   if metric not in ("cosine", "euclidean"):
-    raise ValueError(f"evaluate_features_jax: unknown metric {metric!r}.")
+    raise errors.ConfigError(f"evaluate_features_jax: unknown metric {metric!r}.")
   nq, ng = len(q_feats), len(g_feats)
   q_pids = _check_lengths("q_pids", q_pids, nq)
   g_pids = _check_lengths("g_pids", g_pids, ng)
   use_cams = q_camids is not None
   if use_cams != (g_camids is not None):
-    raise ValueError("evaluate_features_jax: pass both q_camids and g_camids, or neither.")
+    raise errors.ConfigError("evaluate_features_jax: pass both q_camids and g_camids, or neither.")
   q_cams = _check_lengths("q_camids", q_camids, nq) if use_cams else np.zeros(nq, np.int32)
   g_cams = _check_lengths("g_camids", g_camids, ng) if use_cams else np.zeros(ng, np.int32)
   max_rank = min(max_rank, ng)
@@ -103,7 +104,7 @@ def evaluate_features_jax(
   valid = num_rel > 0
   num_valid = int(valid.sum())
   if num_valid == 0:
-    raise ValueError("evaluate_features_jax: no query has a true match in the gallery.")
+    raise errors.DataError("evaluate_features_jax: no query has a true match in the gallery.")
   counts = np.bincount(np.minimum(first[valid], max_rank), minlength=max_rank + 1)
   result = {
       "cmc": np.cumsum(counts[:max_rank]) / num_valid,

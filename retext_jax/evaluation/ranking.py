@@ -22,13 +22,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from retext_jax import errors
+
 _BYTES_PER_ELEMENT = 22  # float32 dist + int64 order + bools + gathers, per (query, gallery) pair
 
 
 def _check_lengths(name: str, arr: np.ndarray, n: int) -> np.ndarray:
   arr = np.asarray(arr)
   if arr.ndim != 1 or arr.shape[0] != n:
-    raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}.")
+    raise errors.DataError(f"{name}: expected shape ({n},), got {arr.shape}.")
   return arr
 
 
@@ -65,11 +67,13 @@ def iter_distance_chunks(
 ) -> Iterator[tuple[int, np.ndarray]]:
   """Yields (first query row, [rows, G] float32 distance block) over query chunks."""
   if metric not in ("cosine", "euclidean"):
-    raise ValueError(f"pairwise_distance: metric must be 'cosine' or 'euclidean', got {metric!r}.")
+    raise errors.ConfigError(
+        f"pairwise_distance: metric must be 'cosine' or 'euclidean', got {metric!r}.")
   q = np.asarray(q_feats, np.float32)
   g = np.asarray(g_feats, np.float32)
   if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-    raise ValueError(f"pairwise_distance: feature shapes {q.shape} and {g.shape} do not match.")
+    raise errors.DataError(
+        f"pairwise_distance: feature shapes {q.shape} and {g.shape} do not match.")
   if metric == "cosine":
     g = _normalize(g)
   else:
@@ -97,7 +101,7 @@ def _rank_chunk(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Per-query (valid, first-match rank (0-based), AP, INP) for one [c, G] distance block."""
   if not np.all(np.isfinite(dist)):
-    raise ValueError("evaluate_rank: distances must be finite (got NaN or inf).")
+    raise errors.DataError("evaluate_rank: distances must be finite (got NaN or inf).")
   c = dist.shape[0]
   same_pid = g_pids[None, :] == q_pids[:, None]
   if q_camids is not None:
@@ -143,7 +147,7 @@ class _Accumulator:
     valid = np.concatenate(self.valid) if self.valid else np.zeros(0, bool)
     num_valid = int(valid.sum())
     if num_valid == 0:
-      raise ValueError("evaluate_rank: no query has a true match in the gallery.")
+      raise errors.DataError("evaluate_rank: no query has a true match in the gallery.")
     first = np.concatenate(self.first)
     counts = np.bincount(np.minimum(first, self.max_rank), minlength=self.max_rank + 1)
     cmc = np.cumsum(counts[: self.max_rank]) / num_valid
@@ -171,7 +175,7 @@ def evaluate_rank(
   """
   distmat = np.asarray(distmat)
   if distmat.ndim != 2:
-    raise ValueError(f"evaluate_rank: distmat must be 2-D, got shape {distmat.shape}.")
+    raise errors.DataError(f"evaluate_rank: distmat must be 2-D, got shape {distmat.shape}.")
   nq, ng = distmat.shape
   chunk = chunk_size or chunk_rows(ng)
   chunks = ((s, distmat[s:s + chunk]) for s in range(0, nq, chunk))
@@ -185,7 +189,7 @@ def _rank_all(chunks, nq: int, ng: int, q_pids, g_pids, q_camids, g_camids, max_
   q_pids = _check_lengths("q_pids", q_pids, nq)
   g_pids = _check_lengths("g_pids", g_pids, ng)
   if (q_camids is None) != (g_camids is None):
-    raise ValueError(f"{who}: pass both q_camids and g_camids, or neither.")
+    raise errors.ConfigError(f"{who}: pass both q_camids and g_camids, or neither.")
   if q_camids is not None:
     q_camids = _check_lengths("q_camids", q_camids, nq)
     g_camids = _check_lengths("g_camids", g_camids, ng)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from retext_jax import errors
 from retext_jax.models import layers
 from retext_jax.models import weights as W
 from retext_jax.models.configs import DictConfig
@@ -44,14 +45,18 @@ class BertConfig(DictConfig):
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
+      raise errors.ConfigError(
+        f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads"
+      )
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> BertConfig:
     """From an HF BERT `config.json` dict; absolute position embeddings only."""
     kind = hf.get("position_embedding_type", "absolute")
     if kind != "absolute":
-      raise ValueError(f"position_embedding_type {kind!r} is not supported (only 'absolute')")
+      raise W.WeightImportError(
+        f"position_embedding_type {kind!r} is not supported (only 'absolute')"
+      )
     fields = dict(
       vocab_size=hf["vocab_size"],
       hidden_size=hf["hidden_size"],
@@ -90,7 +95,7 @@ class Bert(nn.Module):
     cfg = self.config
     length = input_ids.shape[1]
     if length > cfg.max_position_embeddings:
-      raise ValueError(
+      raise errors.ConfigError(
         f"sequence length {length} > max_position_embeddings {cfg.max_position_embeddings}"
       )
     if token_type_ids is None:

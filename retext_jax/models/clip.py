@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retext_jax import errors
 from retext_jax.models.configs import PatchGrid
 from retext_jax.models.layers import PreNormBlock, padding_mask
 from retext_jax.models.weights import (
@@ -102,7 +103,7 @@ class CLIPConfig:
   def from_hf_config(cls, d: Mapping[str, Any]) -> CLIPConfig:
     """From a HF `CLIPModel` config.json dict; absent fields take HF's defaults."""
     if d.get("model_type", "clip") != "clip":
-      raise ValueError(
+      raise WeightImportError(
         f"config model_type is {d.get('model_type')!r}; expected 'clip' (a CLIPModel folder)"
       )
     v = {**(d.get("vision_config") or {}), **(d.get("vision_config_dict") or {})}
@@ -112,11 +113,13 @@ class CLIPConfig:
     patch = v.get("patch_size", 32)
     if not isinstance(patch, int):
       if len(set(patch)) != 1:
-        raise ValueError(f"vision_config.patch_size {patch} is not square; CLIP uses square ones")
+        raise WeightImportError(
+          f"vision_config.patch_size {patch} is not square; CLIP uses square ones"
+        )
       patch = patch[0]
     eos = t.get("eos_token_id", 49407)
     if not isinstance(eos, int):
-      raise ValueError(f"text_config.eos_token_id must be one integer, got {eos!r}")
+      raise WeightImportError(f"text_config.eos_token_id must be one integer, got {eos!r}")
     vision = CLIPVisionConfig(
       hidden_size=v.get("hidden_size", 768),
       num_layers=v.get("num_hidden_layers", 12),
@@ -153,7 +156,7 @@ def _fields(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(d) - known)
   if unknown:
-    raise ValueError(f"unknown {where} fields {unknown}; known: {sorted(known)}")
+    raise errors.ConfigError(f"unknown {where} fields {unknown}; known: {sorted(known)}")
   return dict(d)
 
 
@@ -252,7 +255,8 @@ class CLIPTextTower(nn.Module):
   ) -> dict[str, jax.Array]:
     c = self.config
     if ids.ndim != 2 or ids.shape[1] > c.max_len:
-      raise ValueError(f"ids must be [B, L] with L <= {c.max_len}, got {ids.shape}")
+      error = ValueError if ids.ndim != 2 else errors.ConfigError  # too long: config.max_text_len
+      raise error(f"ids must be [B, L] with L <= {c.max_len}, got {ids.shape}")
     x = nn.Embed(
       c.vocab_size, c.hidden_size, embedding_init=nn.initializers.normal(0.02),
       dtype=self.dtype, name="token_embed",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from retext_jax import errors
+
 
 class DictConfig:
   """`to_dict` / strict `from_dict` for frozen config dataclasses (saved as JSON beside weights)."""
@@ -17,7 +19,7 @@ class DictConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+      raise errors.ConfigError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
     return cls(**d)
 
 
@@ -28,9 +30,13 @@ class PatchGrid:
   def __post_init__(self):
     object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
     if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
+      raise errors.ConfigError(
+        f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads"
+      )
     if min(self.image_size) < self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is smaller than the patch {self.patch_size}")
+      raise errors.ConfigError(
+        f"image_size {self.image_size} is smaller than the patch {self.patch_size}"
+      )
 
   @property
   def patch_stride(self) -> int:

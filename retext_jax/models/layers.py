@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from retext_jax import errors
+
 Dtype = jnp.dtype | type
 
 
@@ -49,7 +51,9 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   try:
     return _ACTIVATIONS[name]
   except KeyError:
-    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+    raise errors.ConfigError(
+      f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}"
+    ) from None
 
 
 def padding_mask(mask: jax.Array) -> jax.Array:
@@ -82,7 +86,7 @@ class Attention(nn.Module):
     context = x if context is None else context
     d = x.shape[-1]
     if d % self.num_heads:
-      raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
+      raise errors.ConfigError(f"width {d} is not divisible by num_heads={self.num_heads}")
     head_dim = d // self.num_heads
     dense = lambda name, n: nn.Dense(n, use_bias=self.use_bias, dtype=self.dtype, name=name)
 

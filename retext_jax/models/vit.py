@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retext_jax import errors
 from retext_jax.models import layers
 from retext_jax.models import weights as W
 from retext_jax.models.configs import DictConfig, PatchGrid
@@ -84,7 +85,7 @@ class ViTConfig(PatchGrid, DictConfig):
 def vit_config(size: str = "base", patch: int = 16, **kwargs: Any) -> ViTConfig:
   """Named sizes: "tiny" 192/12/3, "small" 384/12/6, "base" 768/12/12, "large" 1024/24/16."""
   if size not in _SIZES:
-    raise ValueError(f"unknown ViT size {size!r}; choose one of {list(_SIZES)}")
+    raise errors.ConfigError(f"unknown ViT size {size!r}; choose one of {list(_SIZES)}")
   width, depth, heads = _SIZES[size]
   fields = dict(hidden_size=width, num_layers=depth, num_heads=heads, mlp_dim=4 * width)
   return ViTConfig(patch_size=patch, **{**fields, **kwargs})
@@ -166,20 +167,29 @@ class ViT(nn.Module):
 def _keep_visible(
   x: jax.Array, patch_mask: jax.Array, num_masked: int | None
 ) -> tuple[jax.Array, jax.Array]:
-  """Drops masked patch tokens (True = masked); every row masks the same number of patches."""
+  """Drops masked patch tokens (True = masked); every row masks the same number of patches.
+
+  `num_masked` is static under jit (the gather's size); a concrete mask is checked against it,
+  since a row masking another count would silently keep the wrong patches.
+  """
   n = patch_mask.shape[1]
   if n != x.shape[1] - 1:
     raise ValueError(f"patch_mask has {n} patches, the model has {x.shape[1] - 1}")
+  try:
+    counts = np.asarray(patch_mask).sum(axis=1)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    counts = None  # traced: the caller's num_masked is trusted
   if num_masked is None:
-    try:
-      counts = np.asarray(patch_mask).sum(axis=1)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    if counts is None:
       raise ValueError(
         "patch_mask is traced (under jit): pass num_masked=<masked patches per row> as well"
-      ) from None
+      )
     if counts.min() != counts.max():
       raise ValueError(f"every row of patch_mask must mask as many patches, got {counts.tolist()}")
     num_masked = int(counts[0])
+  elif counts is not None and (counts != num_masked).any():
+    raise ValueError(f"patch_mask masks {sorted(set(counts.tolist()))} patches per row where "
+                     f"num_masked={num_masked} (count them with input_pipeline.masking.num_masked)")
   # A stable argsort puts the visible patches (False) first, in their original order.
   order = jnp.argsort(patch_mask.astype(jnp.int32), axis=1, stable=True)
   visible_ids = order[:, : n - num_masked]

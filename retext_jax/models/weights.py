@@ -22,7 +22,7 @@ Stable API (the ViT, BERT and CLIP converters build on it):
                   resize_posemb(grid, num_prefix=1, method="bicubic")
   resize_grid(x[h, w, ...], (h2, w2), method) -> numpy; matches torch `interpolate(...,
                   align_corners=False)` for "bicubic" / "bilinear"
-  WeightImportError(ValueError): .missing, .unexpected, .wrong_shape, .summary(max_keys)
+  WeightImportError(UserError, ValueError): .missing, .unexpected, .wrong_shape, .summary(max_keys)
 
 Model modules that can be converted (vit, bert, clip) expose the same two functions, which
 `retext_jax.tools.convert` dispatches to:
@@ -42,10 +42,12 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from retext_jax import errors
+
 Transform = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 
 
-class WeightImportError(ValueError):
+class WeightImportError(errors.UserError, ValueError):
   """A checkpoint does not fit the model: every offending key is listed."""
 
   def __init__(

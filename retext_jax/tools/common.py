@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from input_pipeline.records import Record
-from retext_jax import errors
+from retext_jax import errors, tf_setup
 from retext_jax.inference import FEATURE_KINDS  # noqa: F401  (re-exported for the tools)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any tool imports TensorFlow
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+tf_setup.quiet()  # before any tool imports TensorFlow
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
@@ -49,13 +48,13 @@ def add_image_args(p: argparse.ArgumentParser, name: str = "", required: bool = 
 def records_from_folder(folder: str) -> list[Record]:
   """Every image below `folder`, sorted by path; Market-style names give pid and camera."""
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f"image folder {folder} does not exist")
+    raise errors.MissingFileError(f"image folder {folder} does not exist")
   paths = sorted(
       os.path.join(d, f) for d, _, files in os.walk(os.path.abspath(folder)) for f in files
       if f.lower().endswith(IMAGE_EXTENSIONS)
   )
   if not paths:
-    raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder}")
+    raise errors.DataError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder}")
   out = []
   for p in paths:
     m = _MARKET_NAME.match(os.path.basename(p))
@@ -70,14 +69,14 @@ def records_from_dataset(spec: str, default_split: str = "gallery") -> list[Reco
 
   parts = spec.split(":")
   if len(parts) not in (2, 3) or not all(parts):
-    raise ValueError(f"--dataset {spec!r}: expected READER:ROOT[:SPLIT], e.g. "
+    raise errors.ConfigError(f"--dataset {spec!r}: expected READER:ROOT[:SPLIT], e.g. "
                      "market1501:/data/market1501:query")
   reader, root = parts[:2]
   split = parts[2] if len(parts) == 3 else default_split
   ds = registry.get_dataset(reader, root)
   recs = ds.split(split)
   if not recs:
-    raise ValueError(f"--dataset {spec!r}: split {split!r} of {reader} under {root} is empty")
+    raise errors.DataError(f"--dataset {spec!r}: split {split!r} of {reader} under {root} is empty")
   return recs
 
 
@@ -116,13 +115,13 @@ def save_features(path: str, feats: np.ndarray, records: Sequence[Record], kind:
     with open(_sidecar(path), "w") as f:
       json.dump({**info, "pids": pids.tolist(), "camids": camids.tolist()}, f)
   else:
-    raise ValueError(f"--out {path}: expected a .npy or .safetensors file name")
+    raise errors.ConfigError(f"--out {path}: expected a .npy or .safetensors file name")
 
 
 def load_features(path: str) -> dict:
   """Inverse of `save_features`: {features, pids, camids, paths, kind, ...}."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"feature file {path} does not exist")
+    raise errors.MissingFileError(f"feature file {path} does not exist")
   if path.endswith(".safetensors"):
     from safetensors import safe_open
 
@@ -132,12 +131,12 @@ def load_features(path: str) -> dict:
     return {**info, **arrays}
   if path.endswith(".npy"):
     if not os.path.isfile(_sidecar(path)):
-      raise FileNotFoundError(f"{_sidecar(path)} (ids, cameras, paths of {path}) is missing")
+      raise errors.MissingFileError(f"{_sidecar(path)} (ids, cameras, paths of {path}) is missing")
     with open(_sidecar(path)) as f:
       info = json.load(f)
     return {**info, "features": np.load(path), "pids": np.asarray(info["pids"]),
             "camids": np.asarray(info["camids"])}
-  raise ValueError(f"feature file {path}: expected .npy or .safetensors")
+  raise errors.ConfigError(f"feature file {path}: expected .npy or .safetensors")
 
 
 def _sidecar(npy_path: str) -> str:
@@ -149,5 +148,5 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
   (RETEXT_TRACEBACK=1 shows the traceback)."""
   try:
     return main(argv)
-  except errors.USER_ERRORS as e:
+  except errors.UserError as e:
     return errors.report(e)

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from retext_jax import protocols
+from retext_jax import errors, protocols
 from retext_jax.tools import common
 
 
@@ -29,11 +29,11 @@ def _data_root(args, trained) -> str:
     from retext_jax import data
 
     if not trained.config.data.synthetic_preset:
-      raise ValueError("--data_root is required: the model was not trained on the synthetic "
-                       "benchmark, so there is no default folder")
+      raise errors.ConfigError("--data_root is required: the model was not trained on the "
+                               "synthetic benchmark, so there is no default folder")
     return data.data_root(trained.config)
-  raise ValueError(f"--data_root is required for protocol {args.protocol} (the parent folder "
-                   "of the dataset folders)")
+  raise errors.ConfigError(f"--data_root is required for protocol {args.protocol} (the parent "
+                           "folder of the dataset folders)")
 
 
 def main(argv: list[str] | None = None) -> int:

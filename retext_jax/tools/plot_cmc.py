@@ -12,16 +12,17 @@ import json
 import os
 import sys
 
+from retext_jax import errors
 from retext_jax.tools import common
 
 
 def load_results(path: str) -> dict:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"results file {path} does not exist")
+    raise errors.MissingFileError(f"results file {path} does not exist")
   with open(path) as f:
     res = json.load(f)
   if "targets" not in res or not all("cmc" in t for t in res["targets"].values()):
-    raise ValueError(f"{path} holds no CMC curves: expected the JSON written by "
+    raise errors.DataError(f"{path} holds no CMC curves: expected the JSON written by "
                      "python -m retext_jax.tools.evaluate_protocol")
   return res
 

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from input_pipeline.records import Record
+from retext_jax import errors
 from retext_jax.tools import common
 
 
@@ -34,7 +35,7 @@ def _gallery(args, trained, kind: str) -> dict:
   if args.gallery:
     g = common.load_features(args.gallery)
     if g.get("kind") != kind:
-      raise ValueError(f"--gallery {args.gallery} holds {g.get('kind')!r} features; a "
+      raise errors.ConfigError(f"--gallery {args.gallery} holds {g.get('kind')!r} features; a "
                        f"{'text' if kind == 'matching' else 'image'} query needs --kind {kind} "
                        "(python -m retext_jax.tools.extract)")
     return g
@@ -70,7 +71,7 @@ def _main(argv: list[str] | None) -> int:
     query = trained.embed_records([Record(args.image, -1, -1, "test")], kind,
                                  args.batch_size, progress=None).feats
     if not len(query):
-      raise ValueError(f"--image {args.image} cannot be read as an image")
+      raise errors.DataError(f"--image {args.image} cannot be read as an image")
     query = query[0]
   g = _gallery(args, trained, kind)
   order, scores = rank(query, np.asarray(g["features"], np.float32), args.topk)

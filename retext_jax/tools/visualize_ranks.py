@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from retext_jax import errors
 from retext_jax.tools import common
 
 BLUE = (30, 90, 220)  # the query
@@ -88,10 +89,10 @@ def _parse_indices(text: str, n: int) -> list[int]:
   try:
     idx = [int(t) for t in text.split(",") if t.strip()]
   except ValueError:
-    raise ValueError(f"--query_index {text!r}: expected comma-separated integers") from None
+    raise errors.ConfigError(f"--query_index {text!r}: expected comma-separated integers") from None
   bad = [i for i in idx if not 0 <= i < n]
   if not idx or bad:
-    raise ValueError(f"--query_index {text!r}: indices must lie in 0..{n - 1} "
+    raise errors.ConfigError(f"--query_index {text!r}: indices must lie in 0..{n - 1} "
                      f"({n} query images)")
   return list(dict.fromkeys(idx))
 
@@ -106,7 +107,7 @@ def choose_queries(q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray,
     candidates = np.asarray([i for i, (p, c) in enumerate(zip(q_pids, q_camids, strict=True))
                              if has_true_match(int(p), int(c), g_pids, g_camids)], np.int64)
     if not len(candidates):
-      raise ValueError("no query image has a true match in the gallery (same id, another "
+      raise errors.DataError("no query image has a true match in the gallery (same id, another "
                        "camera): check --query_* and --gallery_*")
   rng = np.random.default_rng(seed)
   return sorted(int(i) for i in rng.choice(candidates, min(num, len(candidates)), replace=False))
@@ -167,9 +168,9 @@ def _main(argv: list[str] | None) -> int:
   p.add_argument("--seed", type=int, default=0, help="seed of the query draw")
   args = p.parse_args(argv)
   if not args.out.lower().endswith(".png"):
-    raise ValueError(f"--out {args.out}: expected a .png file name")
+    raise errors.ConfigError(f"--out {args.out}: expected a .png file name")
   if args.num_queries < 1 or args.topk < 1:
-    raise ValueError("--num_queries and --topk must be at least 1")
+    raise errors.ConfigError("--num_queries and --topk must be at least 1")
 
   q_recs = common.records_from_args(args, "query_", "query")
   g_recs = common.records_from_args(args, "gallery_", "gallery")
@@ -215,7 +216,7 @@ def _main(argv: list[str] | None) -> int:
       verdict = "correct" if hit else f"wrong (pid {ranked[0][0].pid})"
     print(f"query {i} pid {q.pid} cam {q.camid} {os.path.basename(q.path)}: rank-1 {verdict}")
   if not rows:
-    raise ValueError("none of the chosen query images could be read")
+    raise errors.DataError("none of the chosen query images could be read")
 
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   draw_sheet(rows, args.topk).save(args.out)

@@ -20,13 +20,15 @@ into the picture.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import textwrap
 
 import numpy as np
 
+from input_pipeline import masking
+from retext_jax import errors
+from retext_jax.methods import base
 from retext_jax.tools import common
 
 MASK_GREY = (128, 128, 128)  # masked patches in the middle panel
@@ -110,7 +112,7 @@ def predicted_patches(images: np.ndarray, pred: np.ndarray, patch_mask: np.ndarr
     mean = np.broadcast_to((mean * vis).sum(1, keepdims=True) / count, mean.shape)
     std = np.broadcast_to((std * vis).sum(1, keepdims=True) / count, std.shape)
   elif pixel_stats != "patch":
-    raise ValueError(f"--pixel_stats must be 'patch' or 'visible', got {pixel_stats!r}")
+    raise errors.ConfigError(f"--pixel_stats must be 'patch' or 'visible', got {pixel_stats!r}")
   return pred * std + mean
 
 
@@ -138,11 +140,9 @@ def panels(images: np.ndarray, pred: np.ndarray, patch_mask: np.ndarray, patch_s
 def choose(num_records: int, num: int, num_patches: int, num_masked: int, seed: int
            ) -> tuple[np.ndarray, np.ndarray]:
   """(record positions [n] sorted, patch_mask bool [n, N]) from one `default_rng(seed)`."""
-  from input_pipeline import pipeline
-
   rng = np.random.default_rng(seed)
   picked = np.sort(rng.choice(num_records, min(num, num_records), replace=False))
-  return picked, pipeline.random_patch_mask(rng, len(picked), num_patches, num_masked)
+  return picked, masking.random_patch_mask(rng, len(picked), num_patches, num_masked)
 
 
 def load_images(records, trained, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,14 +156,6 @@ def load_images(records, trained, batch_size: int) -> tuple[np.ndarray, np.ndarr
     imgs.append(batch["image"][batch["valid"]])
     index.append(batch["index"][batch["valid"]])
   return np.concatenate(imgs).astype(np.float32), np.concatenate(index)
-
-
-def _with_num_masked(trained, num_masked: int):
-  """The model with another (static) masked count; parameters do not depend on it."""
-  if num_masked == trained.model.config.num_masked:
-    return trained
-  mcfg = dataclasses.replace(trained.model.config, num_masked=num_masked)
-  return dataclasses.replace(trained, model=trained.model.clone(config=mcfg))
 
 
 def draw_sheet(original: np.ndarray, masked: np.ndarray, reconstructed: np.ndarray,
@@ -219,36 +211,39 @@ def _main(argv: list[str] | None) -> int:
                  help="enlargement of the panels (0: about 256 pixels high)")
   args = p.parse_args(argv)
   if not args.out.lower().endswith(".png"):
-    raise ValueError(f"--out {args.out}: expected a .png file name")
+    raise errors.ConfigError(f"--out {args.out}: expected a .png file name")
   if args.num < 1 or args.scale < 0:
-    raise ValueError("--num must be at least 1 and --scale at least 0")
+    raise errors.ConfigError("--num must be at least 1 and --scale at least 0")
 
   records = [r for r in common.records_from_dataset(args.dataset, "test") if r.captions]
   if not records:
-    raise ValueError(f"--dataset {args.dataset}: no record has a caption; reconstruction reads "
-                     "one (use a captioned reader, e.g. cuhkpedes:ROOT:test)")
+    raise errors.DataError(f"--dataset {args.dataset}: no record has a caption; reconstruction "
+                           "reads one (use a captioned reader, e.g. cuhkpedes:ROOT:test)")
   trained = common.load_model(args)
-  mcfg = trained.model.config
-  if not mcfg.use_rec:
-    raise ValueError(f"--workdir {args.workdir}: the model has no reconstruction decoder "
-                     "(trained with loss.lambda_rec=0)")
+  if not trained.offers(base.RECONSTRUCT):
+    raise errors.ConfigError(f"--workdir {args.workdir}: the {trained.method.name} model has "
+                             "no reconstruction decoder (ReText trained with loss.lambda_rec=0, "
+                             "or another method)")
+  mcfg = trained.method.model_config
   p_size, (rows, cols) = mcfg.vit.patch_size, mcfg.vit.grid
   h, w = trained.image_size
   if (rows * p_size, cols * p_size) != (h, w) or mcfg.vit.patch_stride != p_size:
-    raise ValueError(f"--workdir {args.workdir}: patches {p_size}/stride "
-                     f"{mcfg.vit.patch_stride} do not tile the {h}x{w} image")
+    raise errors.ConfigError(f"--workdir {args.workdir}: patches {p_size}/stride "
+                             f"{mcfg.vit.patch_stride} do not tile the {h}x{w} image")
   ratio = float(trained.config.input.mask_ratio if args.mask_ratio is None else args.mask_ratio)
-  num_masked = int(math.floor(ratio * mcfg.vit.num_patches + 0.5))  # as InputConfig.num_masked
+  num_masked = masking.num_masked(ratio, mcfg.vit.num_patches)
   if not 0 < num_masked < mcfg.vit.num_patches:
-    raise ValueError(f"--mask_ratio {ratio}: masks {num_masked} of {mcfg.vit.num_patches} "
-                     "patches; it must hide at least one and keep at least one")
-  trained = _with_num_masked(trained, num_masked)
+    raise errors.ConfigError(f"--mask_ratio {ratio}: masks {num_masked} of "
+                             f"{mcfg.vit.num_patches} patches; it must hide at least one and "
+                             "keep at least one")
+  if num_masked != mcfg.num_masked:  # a static shape of the model, not of its parameters
+    trained = dataclasses.replace(trained, method=trained.method.with_num_masked(num_masked))
 
   picked, patch_mask = choose(len(records), args.num, mcfg.vit.num_patches, num_masked, args.seed)
   chosen = [records[i] for i in picked]
   images, index = load_images(chosen, trained, args.batch_size)
   if not len(index):
-    raise ValueError(f"--dataset {args.dataset}: none of the chosen images could be read")
+    raise errors.DataError(f"--dataset {args.dataset}: none of the chosen images could be read")
   chosen, patch_mask = [chosen[i] for i in index], patch_mask[index]
   captions = [r.captions[0] for r in chosen]
   pred = np.concatenate([

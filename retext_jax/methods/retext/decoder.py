@@ -1,4 +1,4 @@
-"""Text-guided masked-patch decoder (ReText's reconstruction task, DESIGN.md section 3).
+"""Text-guided masked-patch decoder (ReText's reconstruction task).
 
 A light MAE-style decoder: visible patch tokens from the student ViT are put back in place among
 learned mask tokens, then each block self-attends over all patches, cross-attends to the BERT

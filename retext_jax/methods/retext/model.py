@@ -1,9 +1,9 @@
-"""ReText: a student ViT with BNNeck + ID head, matching projections, a BERT text encoder and a
-text-guided reconstruction decoder (DESIGN.md section 3).
+"""ReText's module: a student ViT with BNNeck + ID head, matching projections, a BERT text
+encoder and a text-guided reconstruction decoder (the losses are in `method.py`).
 
 The momentum encoder is not a separate module: it is an EMA copy of the student's
-`image_encoder` and `image_proj` parameters (see `MOMENTUM_KEYS`), applied through the same
-methods. Branches whose loss weight is 0 are not built at all, so they cost neither parameters
+`image_encoder` and `image_proj` parameters (`ReTextMethod.ema_keys`), applied through the
+same methods. Branches whose loss weight is 0 are not built at all, so they cost neither parameters
 nor compute.
 """
 
@@ -13,15 +13,12 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from retext_jax.methods import heads
+from retext_jax.methods.retext.decoder import TextGuidedDecoder
 from retext_jax.models import bert, vit
 from retext_jax.models.configs import DictConfig
-from retext_jax.models.decoder import TextGuidedDecoder
-
-MOMENTUM_KEYS = ("image_encoder", "image_proj")
-BACKBONE_KEYS = ("image_encoder", "text_encoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +49,11 @@ class ReText(nn.Module):
   def setup(self):
     c = self.config
     self.image_encoder = vit.ViT(c.vit, dtype=self.dtype)
-    # BNNeck (BoT): BN without shift between the triplet feature and the ID classifier.
-    self.bnneck = nn.BatchNorm(use_bias=False, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)
-    self.classifier = nn.Dense(c.num_classes, use_bias=False,
-                               kernel_init=nn.initializers.normal(0.001))
+    self.bnneck = heads.bnneck()
+    self.classifier = heads.id_classifier(c.num_classes)
     self.image_proj = nn.Dense(c.embed_dim, dtype=self.dtype)
     if c.num_sc_classes:
-      self.sc_classifier = nn.Dense(c.num_sc_classes, use_bias=False,
-                                    kernel_init=nn.initializers.normal(0.001))
+      self.sc_classifier = heads.id_classifier(c.num_sc_classes)
     if c.text is not None:
       self.text_encoder = bert.Bert(c.text, dtype=self.dtype)
       self.text_proj = nn.Dense(c.embed_dim, dtype=self.dtype)
@@ -119,12 +113,3 @@ class ReText(nn.Module):
                                         train=train))
     return out
 
-
-def momentum_params(params):
-  """The subtree the EMA momentum encoder tracks."""
-  return {k: params[k] for k in MOMENTUM_KEYS}
-
-
-def with_momentum(params, ema):
-  """Student params with the momentum encoder's weights swapped in (no gradient through them)."""
-  return {**params, **jax.lax.stop_gradient(ema)}

@@ -1,0 +1,210 @@
+"""What every method's config shares: the blocks, the synthetic presets' data, the protocol
+table's sources and the `preset,key=value` argument parser.
+
+A method config (`configs/<method>.py`) builds its `get_config(arg)` from these:
+
+    def get_config(arg=None):
+      return common.parse(arg, "configs/bot.py", PRESETS, SHORT)
+
+where PRESETS maps preset names to functions returning a ConfigDict and SHORT maps short
+override names to dotted config paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import ml_collections
+
+from retext_jax import errors, protocols
+
+# Image Re-ID protocols with real sources (retext_jax/protocols.py): what `protocol=` may name.
+TRAINING_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
+                           if p.task == protocols.REID and not n.startswith("synthetic"))
+
+# Short override names every method accepts (`configs/bot.py:demo,steps=300,lr=1e-3`).
+SHORT = {
+    "steps": "total_steps", "batch": "input.multicam_p", "k": "input.multicam_k",
+    "lr": "optim.lr", "seed": "seed", "protocol": "protocol",
+}
+
+
+def source(reader: str, root: str, part: str, weight: float = 1.0, **options) -> dict:
+  """A training source: `part` is "multicam" (Re-ID) or "singlecam" (captioned)."""
+  return dict(reader=reader, root=root, part=part, weight=weight, options=options)
+
+
+def target(reader: str, root: str, **options) -> dict:
+  return dict(reader=reader, root=root, options=options)
+
+
+def base_config(name: str, method: str) -> ml_collections.ConfigDict:
+  """Run, data, input, ViT, init, optimizer, mesh and evaluation blocks (paper-scale values)."""
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.method = method  # retext_jax.methods.<method> (or a dotted module path)
+  c.seed = 0
+  c.total_steps = 24_000
+  c.log_every = 50
+  c.eval_every = 2_000
+  c.checkpoint_every = 2_000
+  c.keep_checkpoints = 2
+  c.best_metric = "reid/mAP"  # "<evaluator>/<metric>"; "" disables the best checkpoint
+  c.protocol = "p2_c3"
+
+  c.data = dict(
+      root="data",  # parent of the dataset folders (torchreid layout)
+      cache_dir="",  # where the synthetic benchmark is rendered ("" = ~/.cache/retext_jax)
+      synthetic_preset="",  # "demo" | "tiny": render and use the synthetic benchmark
+      # name -> dict(reader, root, part=multicam|singlecam, weight, options). Roots are relative
+      # to data.root (or to the synthetic folder); filled from `protocol` when left empty.
+      sources={},
+      targets={},
+  )
+
+  # Fields of input_pipeline.pipeline.InputConfig (batch sizes are global), plus eval_batch.
+  c.input = dict(
+      image_size=(256, 128),
+      multicam_p=16,  # identities per multi-camera batch
+      multicam_k=4,  # images per identity
+      hflip_prob=0.5, pad=10, erase_prob=0.5, color_jitter=(0.0, 0.0, 0.0, 0.0),
+      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+      image_check="header",  # "exists" | "header" | "decode": how hard to look for bad files
+      on_bad_image="skip",  # or "error"
+      eval_batch=128,
+      prefetch=2,
+  )
+
+  c.model = dict(
+      vit="base",  # tiny | small | base | large
+      depth=0,  # number of blocks; 0 = the named size's (12 for tiny/small/base)
+      patch=16,
+      stride=16,  # < patch gives TransReID's overlapping patches
+      drop_path=0.1,
+      camera_embedding=False,  # TransReID's side-information embedding of the camera id
+      dtype="float32",  # "bfloat16" on accelerators; params stay float32
+  )
+
+  c.init = dict(
+      image="",  # folder written by retext_jax.tools.convert --kind vit ("" = random init)
+  )
+
+  c.loss = dict(
+      label_smoothing=0.1,
+      triplet_margin=0.3,
+      soft_margin=False,
+  )
+
+  c.optim = dict(
+      name="adamw", lr=3.5e-5, head_lr_mult=10.0, weight_decay=0.05,
+      warmup_steps=1_000, clip_norm=1.0, b1=0.9, b2=0.999, end_factor=0.01,
+      freeze="",  # regex of parameter paths kept fixed, e.g. "text_encoder/word_embeddings"
+  )
+
+  c.mesh = dict(fsdp=False, num_devices=0)  # 0 = all devices
+  c.eval = dict(
+      features="student",  # "student" | "momentum" (the EMA copy, for methods that keep one)
+      neck="after",  # Re-ID feature "after" the BNNeck (BoT) or "before" it
+      max_rank=50,
+  )
+  # retext_jax.evaluators: name -> dict(type="reid" | "text", targets=(names in data.targets;
+  # empty = all), options of the type). Run at step 0, every eval_every steps and at the end.
+  c.evals = {"reid": dict(type="reid")}
+  return c
+
+
+def synthetic_demo(c: ml_collections.ConfigDict, captions: bool) -> None:
+  """The demo scale on the synthetic benchmark: source_market (+ its captioned set) -> the
+  unseen target_market, ViT-Ti/6 at 128x64 from scratch, 400 steps for a 2-core CPU."""
+  c.total_steps = 400
+  c.log_every = 25
+  c.eval_every = 200
+  c.checkpoint_every = 200
+  c.data.synthetic_preset = "demo"
+  c.data.sources = {"synthetic_source": source("market1501", "source_market", "multicam")}
+  if captions:
+    c.data.sources["synthetic_captions"] = source("synthpedes", "SYNTH-PEDES", "singlecam")
+  c.data.targets = {"synthetic_target": target("market1501", "target_market")}
+  c.input.update(image_size=(128, 64), multicam_p=8, multicam_k=4, eval_batch=64)
+  c.model.update(vit="tiny", depth=6, patch=16, stride=16, drop_path=0.0)
+  c.optim.update(lr=5e-4, head_lr_mult=1.0, warmup_steps=50)
+
+
+def synthetic_tiny(c: ml_collections.ConfigDict) -> None:
+  """A few steps on the tiny synthetic benchmark at 64x32, for tests (on top of the demo)."""
+  c.total_steps = 6
+  c.log_every = 2
+  c.eval_every = 6
+  c.checkpoint_every = 3
+  c.data.synthetic_preset = "tiny"
+  c.input.update(image_size=(64, 32), multicam_p=4, multicam_k=2, eval_batch=16)
+  c.optim.update(warmup_steps=2)
+
+
+def protocol_data(c: ml_collections.ConfigDict, captions: dict | None = None) -> None:
+  """Fills empty `data.sources` / `data.targets` from `c.protocol` (plus a captioned source).
+
+  Targets with several splits are evaluated during training on split 0; evaluate_protocol
+  averages all splits afterwards."""
+  if c.protocol not in TRAINING_PROTOCOLS:
+    raise errors.ConfigError(f"unknown protocol {c.protocol!r}; expected one of "
+                             f"{', '.join(TRAINING_PROTOCOLS)}")
+  if c.data.sources or c.data.synthetic_preset:
+    return
+  proto = protocols.get(c.protocol)
+  options = {"combineall": True} if proto.combineall else {}
+  c.data.sources = {s: source(s, s, "multicam", **options) for s in proto.sources}
+  if captions:
+    c.data.sources.update(captions)
+  c.data.targets = {t.reader: target(t.reader, t.root) for t in proto.targets}
+
+
+def _set(c: ml_collections.ConfigDict, dotted: str, value: str, key: str) -> None:
+  *parents, leaf = dotted.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  current = node[leaf]
+  try:
+    if isinstance(current, bool):
+      if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(value)
+      node[leaf] = value.lower() in ("1", "true", "yes")
+    elif isinstance(current, int):
+      node[leaf] = int(float(value))
+    elif isinstance(current, float):
+      node[leaf] = float(value)
+    else:
+      node[leaf] = value
+  except ValueError:
+    raise errors.ConfigError(f"config override {key}={value!r}: expected a "
+                             f"{type(current).__name__} for {dotted}") from None
+
+
+def parse(arg: str | None, file: str,
+          presets: Mapping[str, Callable[[], ml_collections.ConfigDict]],
+          short: Mapping[str, str],
+          finalize: Callable[[ml_collections.ConfigDict], None] | None = None
+          ) -> ml_collections.ConfigDict:
+  """`arg` = "[preset][,key=value...]": the preset (the first of `presets` when absent), then
+  the short overrides, then `finalize` (e.g. `protocol_data`); returns the locked config."""
+  parts = [p for p in (arg or "").split(",") if p]
+  name = next(iter(presets))
+  if parts and "=" not in parts[0]:
+    name = parts.pop(0)
+    if name not in presets:
+      raise errors.UnknownKeyError(f"unknown preset {name!r} in {file}; expected one of "
+                                   f"{', '.join(presets)}")
+  c = presets[name]()
+  for p in parts:
+    if "=" not in p:
+      raise errors.ConfigError(f"config override {p!r} in {file} is not key=value")
+    key, value = p.split("=", 1)
+    if key not in short:
+      raise errors.UnknownKeyError(f"unknown config override {key!r} in {file}; known: "
+                                   f"{', '.join(sorted(short))}")
+    _set(c, short[key], value, key)
+  if finalize is not None:
+    finalize(c)
+  c.lock()
+  return c

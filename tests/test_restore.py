@@ -1,0 +1,112 @@
+"""One restore path for every method: `--mode=eval` and every tool work from the workdir alone,
+after the training data folders are renamed away and the pretrained init folders deleted; a
+tool that needs what a model does not offer (a text query on BoT) says so in one line."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from retext_jax.models import pretrained, vit
+from retext_jax.tools import (
+    evaluate_protocol,
+    export,
+    extract,
+    query,
+    visualize_ranks,
+    visualize_reconstruction,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _converted_vit(folder):
+  """A converted ViT-Ti/6 at 64x32 (random weights, the converted-folder format)."""
+  cfg = vit.vit_config("tiny", 16, image_size=(64, 32), num_layers=6)
+  params = vit.ViT(cfg).init(jax.random.key(3), jnp.zeros((1, 64, 32, 3)))["params"]
+  pretrained.save_converted(folder, "vit", params, cfg)
+
+
+@pytest.fixture(scope="module", params=["retext", "bot"])
+def stripped(request, tmp_path_factory):
+  """(method, workdir, synthetic root) of a tiny run whose sources and init files are gone."""
+  method, tmp = request.param, tmp_path_factory.mktemp(request.param)
+  wd, cache = tmp / "wd", tmp / "cache"
+  init = {"image": tmp / "init_vit"}
+  _converted_vit(init["image"])
+  if method == "retext":
+    init["text"] = tmp / "init_text"
+    shutil.copytree(pretrained.minilm_path(), init["text"])
+  cmd = [sys.executable, "-m", "retext_jax.main", f"--config=configs/{method}.py:tiny",
+         f"--workdir={wd}", f"--config.data.cache_dir={cache}",
+         *(f"--config.init.{k}={v}" for k, v in init.items())]
+  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "pretrained weights:" in proc.stderr and "params loaded (image_encoder" in proc.stderr
+  for folder in init.values():
+    shutil.rmtree(folder)
+  root = cache / "tiny_seed0"
+  for name in ("source_market", "SYNTH-PEDES"):
+    os.rename(root / name, root / f"{name}.away")
+  return method, str(wd), str(root)
+
+
+def test_eval_mode_rebuilds_the_model_from_the_checkpoint_alone(stripped):
+  method, wd, _ = stripped
+  cache = os.path.join(os.path.dirname(wd), "cache")
+  cmd = [sys.executable, "-m", "retext_jax.main", f"--config=configs/{method}.py:tiny",
+         f"--workdir={wd}", f"--config.data.cache_dir={cache}", "--mode=eval"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  trained = json.load(open(os.path.join(wd, "results.json")))
+  again = json.load(open(os.path.join(wd, "results_eval_latest.json")))
+  assert trained["method"] == again["method"] == method
+  assert again["evals"]["reid"]["synthetic_target"] == pytest.approx(
+      trained["evals"]["reid"]["synthetic_target"], abs=1e-6)
+
+
+def _error(capsys) -> str:
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines and lines[-1].startswith("error: "), lines
+  return lines[-1]
+
+
+def test_every_tool_runs_on_the_stripped_workdir(stripped, tmp_path, capsys):
+  method, wd, root = stripped
+  gallery = f"market1501:{root}/target_market:gallery"
+  probe = sorted(glob.glob(f"{root}/target_market/query/*.jpg"))[0]
+  feats = str(tmp_path / "g.safetensors")
+  assert extract.main(["--workdir", wd, "--dataset", gallery, "--out", feats]) == 0
+  assert query.main(["--workdir", wd, "--image", probe, "--gallery", feats, "--topk", "3"]) == 0
+  assert evaluate_protocol.main(["--workdir", wd, "--protocol", "synthetic",
+                                 "--out", str(tmp_path)]) == 0
+  assert visualize_ranks.main(["--workdir", wd, "--query_dataset",
+                               f"market1501:{root}/target_market:query", "--gallery_dataset",
+                               gallery, "--num_queries", "2", "--topk", "3",
+                               "--out", str(tmp_path / "ranks.png")]) == 0
+  assert export.main(["--workdir", wd, "--out", str(tmp_path / "exported")]) == 0
+  text_tools = [
+      (extract.main, ["--dataset", gallery, "--kind", "matching",
+                      "--out", str(tmp_path / "m.safetensors")]),
+      (query.main, ["--text", "a man in a red shirt", "--gallery_dataset", gallery]),
+      (evaluate_protocol.main, ["--protocol", "synthetic_t2i", "--out", str(tmp_path)]),
+      (visualize_reconstruction.main, ["--dataset", f"cuhkpedes:{root}/CUHK-PEDES:test",
+                                       "--out", str(tmp_path / "rec.png")]),
+  ]
+  capsys.readouterr()
+  for main, args in text_tools:
+    rc = main(["--workdir", wd, *args])
+    if method == "retext":
+      assert rc == 0, (main.__module__, capsys.readouterr().err[-2000:])
+    else:  # BoT has no text tower and no decoder: one line that says so
+      assert rc == 2, main.__module__
+      line = _error(capsys)
+      assert "bot model" in line and ("offers no" in line or "no reconstruction" in line), line
