@@ -15,14 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from retext_jax import errors
-
-_NORM_EPS = 1e-12
-
-
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-  """x / max(||x||, 1e-12), the torch `F.normalize` convention (safe for all-zero rows)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, _NORM_EPS)
+from retext_jax.linalg import l2_normalize
 
 
 def _soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -227,7 +227,8 @@ def evaluate(config, workdir: str, which: str = "latest") -> dict:
   evals = evaluators.from_config(config, data.load_targets(config),
                                  list(trained.method.predict_fns()))
   results = evaluators.evaluate(evals, trained)
-  final = {"config_name": config.name, "method": trained.method.name, "step": trained.step,
+  final = {"config_name": config.name, "method": trained.config.get("method", "retext"),
+           "step": trained.step,
            "evals": results, "checkpoint": which}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:

@@ -63,7 +63,7 @@ def test_a_new_method_folder_trains_through_the_unchanged_trainer(tmp_path):
   again = _run("configs/bot.py:tiny", wd, cache, "--mode=eval")
   assert again.returncode == 0, again.stderr[-3000:]
   ev = json.load(open(wd / "results_eval_latest.json"))
-  assert ev["method"] == "cosface"
+  assert ev["method"] == "example_methods.cosface"
   assert ev["evals"]["reid"]["synthetic_target"] == pytest.approx(
       res["evals"]["reid"]["synthetic_target"], abs=1e-6)
 

@@ -20,13 +20,12 @@ import numpy as np
 
 from retext_jax import errors
 from retext_jax.evaluation.ranking import _check_lengths
+from retext_jax.linalg import l2_normalize
 
 
 def _distance(q: jax.Array, g: jax.Array, metric: str) -> jax.Array:
   if metric == "cosine":
-    qn = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    gn = g / jnp.maximum(jnp.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    return 1.0 - qn @ gn.T
+    return 1.0 - l2_normalize(q) @ l2_normalize(g).T
   sq = jnp.sum(q * q, axis=1)[:, None] + jnp.sum(g * g, axis=1)[None, :] - 2.0 * q @ g.T
   return jnp.maximum(sq, 0.0)
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from retext_jax import errors
+from retext_jax.linalg import l2_normalize
 
 _BYTES_PER_ELEMENT = 22  # float32 dist + int64 order + bools + gathers, per (query, gallery) pair
 
@@ -58,10 +59,6 @@ def pairwise_distance(
   return out
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def iter_distance_chunks(
     q_feats: np.ndarray, g_feats: np.ndarray, metric: str, chunk: int
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -75,13 +72,13 @@ def iter_distance_chunks(
     raise errors.DataError(
         f"pairwise_distance: feature shapes {q.shape} and {g.shape} do not match.")
   if metric == "cosine":
-    g = _normalize(g)
+    g = l2_normalize(g)
   else:
     g_sq = np.sum(g * g, axis=1)
   for start in range(0, q.shape[0], chunk):
     qc = q[start : start + chunk]
     if metric == "cosine":
-      dist = _normalize(qc) @ g.T
+      dist = l2_normalize(qc) @ g.T
       np.subtract(1.0, dist, out=dist)
     else:
       dist = qc @ g.T

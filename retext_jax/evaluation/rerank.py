@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from retext_jax.evaluation.ranking import iter_distance_chunks
+from retext_jax.linalg import l2_normalize
 
 
 class _DenseDistances:
@@ -59,8 +60,7 @@ class _FeatureDistances:
     x = self.feats[rows][:, None, :]
     y = self.feats[np.maximum(cols, 0)]
     if self.metric == "cosine":
-      xn = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-      yn = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+      xn, yn = l2_normalize(x), l2_normalize(y)
       d = 1.0 - np.einsum("cld,cld->cl", np.broadcast_to(xn, yn.shape), yn)
     else:
       d = (np.sum(x * x, -1) + np.sum(y * y, -1)
@@ -237,8 +237,7 @@ def alpha_query_expansion(
   item itself and is skipped). Returns the new (query, gallery) features, float32.
   """
   def norm(x):
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(x, np.float32))
 
   g = norm(g_feats)
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retext_jax import errors
+from retext_jax.linalg import l2_normalize
 from retext_jax.models.configs import PatchGrid
 from retext_jax.models.layers import PreNormBlock, padding_mask
 from retext_jax.models.weights import (
@@ -281,9 +282,8 @@ def clip_logits(
   image_embedding: jax.Array, text_embedding: jax.Array, logit_scale: jax.Array
 ) -> jax.Array:
   """exp(logit_scale) * cosine similarity, [num_images, num_texts], in float32."""
-  normed = lambda e: e / jnp.linalg.norm(e, axis=-1, keepdims=True)
-  img = normed(image_embedding.astype(jnp.float32))
-  txt = normed(text_embedding.astype(jnp.float32))
+  img = l2_normalize(image_embedding.astype(jnp.float32))
+  txt = l2_normalize(text_embedding.astype(jnp.float32))
   return jnp.exp(logit_scale) * img @ txt.T
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from retext_jax.losses import l2_normalize
+from retext_jax.linalg import l2_normalize
 from retext_jax.methods import base
 from retext_jax.models import pretrained, vit
 from retext_jax.models.configs import DictConfig

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from retext_jax import losses
+from retext_jax.linalg import l2_normalize
 from retext_jax.methods import base, heads
 from retext_jax.models import pretrained, vit
 from retext_jax.models.configs import DictConfig
@@ -79,5 +80,5 @@ class BoTMethod(base.Method):
 
   def predict_fns(self) -> dict:
     after = self.config.eval.neck == "after"
-    return {base.REID: lambda v, x: losses.l2_normalize(
+    return {base.REID: lambda v, x: l2_normalize(
         self.model.apply(v, x)["bn_feat" if after else "feat"])}

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from input_pipeline.masking import num_masked
 from retext_jax import errors, losses
+from retext_jax.linalg import l2_normalize
 from retext_jax.methods import base
 from retext_jax.methods.retext.model import ReText, ReTextConfig
 from retext_jax.models import pretrained
@@ -176,15 +177,15 @@ class ReTextMethod(base.Method):
 
   def predict_fns(self) -> dict:
     model, neck = self.model, self.config.eval.neck
-    fns = {base.REID: lambda v, x: losses.l2_normalize(
+    fns = {base.REID: lambda v, x: l2_normalize(
         model.apply(v, x, neck, method=ReText.features))}
     if self.model_config.text is None:
       return fns
 
     def text_embed(v, tokens, mask):
-      return losses.l2_normalize(model.apply(v, tokens, mask, method=ReText.embed_text)["emb"])
+      return l2_normalize(model.apply(v, tokens, mask, method=ReText.embed_text)["emb"])
 
-    fns[base.IMAGE_EMBED] = lambda v, x: losses.l2_normalize(
+    fns[base.IMAGE_EMBED] = lambda v, x: l2_normalize(
         model.apply(v, x, method=ReText.embed_image)["emb"])
     fns[base.TEXT_EMBED] = text_embed
     if self.model_config.use_rec:
