@@ -108,7 +108,8 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       max_rank=50,
   )
   # retext_jax.evaluators: name -> dict(type="reid" | "text", targets=(names in data.targets;
-  # empty = all), options of the type). Run at step 0, every eval_every steps and at the end.
+  # empty = all), optional=False (True: skipped when the model cannot serve it), options of the
+  # type). Run at step 0, every eval_every steps and at the end.
   c.evals = {"reid": dict(type="reid")}
   return c
 

@@ -84,6 +84,11 @@ def demo_config() -> ml_collections.ConfigDict:
   c.model.update(embed_dim=128, decoder_width=128, decoder_depth=1, decoder_heads=4)
   c.init.text = "minilm"
   c.optim.freeze = "text_encoder/word_embeddings"
+  # Text-to-image retrieval on the synthetic CUHK-PEDES-layout test split as well (skipped when
+  # the text losses are switched off and the model has no text tower).
+  c.data.targets["synthetic_captions_test"] = common.target("cuhkpedes", "CUHK-PEDES")
+  c.evals = {"reid": dict(type="reid", targets=("synthetic_target",)),
+             "t2i": dict(type="text", targets=("synthetic_captions_test",), optional=True)}
   return c
 
 

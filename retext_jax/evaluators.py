@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from retext_jax import errors, evaluation
@@ -194,11 +195,12 @@ TYPES = {REID: ReIDEvaluator, TEXT: TextEvaluator}
 def from_config(config, targets: Mapping[str, Any], offered: Sequence[str]) -> dict[str, Any]:
   """{name: evaluator} of `config.evals` over the loaded `targets` (`config.data.targets`);
   `offered` are the method's predict functions: an evaluator needing another is an error now,
-  not after training."""
+  not after training, unless its spec says `optional=True` (then it is skipped with a warning:
+  e.g. text-to-image in a ReText config run with the text losses off)."""
   out = {}
   for name, spec in config.evals.items():
     spec = dict(spec)
-    kind = spec.pop("type", None)
+    kind, optional = spec.pop("type", None), spec.pop("optional", False)
     if kind not in TYPES:
       raise errors.UnknownKeyError(f"config.evals.{name}.type={kind!r}; expected one of "
                                    f"{sorted(TYPES)}")
@@ -213,6 +215,10 @@ def from_config(config, targets: Mapping[str, Any], offered: Sequence[str]) -> d
     except TypeError as e:
       raise errors.ConfigError(f"config.evals.{name}: {e}") from None
     missing = [f for f in evaluator.predict_fns if f not in offered]
+    if missing and optional:
+      logging.warning("config.evals.%s (%s) skipped: the model does not offer %s", name, kind,
+                      missing)
+      continue
     if missing:
       raise errors.ConfigError(f"config.evals.{name} ({kind}) needs {missing}, which the "
                                f"{config.method} model does not offer ({', '.join(offered)})")

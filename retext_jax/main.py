@@ -1,9 +1,10 @@
 r"""Entry point: `python -m retext_jax.main --config=configs/retext.py:demo --workdir=DIR`.
 
 `--mode=train` (default) trains and evaluates, resuming from the workdir if it holds a
-checkpoint; `--mode=eval` restores the latest (or `--checkpoint=best`) checkpoint and evaluates
-it. Errors in what the user controls (config keys, dataset folders, pretrained files) are printed
-as one line, not as a traceback from inside TensorFlow or JAX.
+checkpoint; `--mode=eval` rebuilds the model of the latest (or `--checkpoint=best`) checkpoint
+from its metadata, whatever the method, and runs `config.evals`. Errors in what the user controls
+(`retext_jax.errors.UserError`: flags, config keys, dataset folders, pretrained files) are printed
+as one line with exit code 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

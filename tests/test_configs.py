@@ -48,7 +48,9 @@ def test_bot_presets_share_the_retext_demo_data_without_captions():
   assert b.method == "bot" and r.method == "retext"
   assert list(b.data.sources) == ["synthetic_source"]
   assert b.data.sources["synthetic_source"] == r.data.sources["synthetic_source"]
-  assert b.data.targets == r.data.targets and b.model.vit == r.model.vit == "tiny"
+  assert b.data.targets["synthetic_target"] == r.data.targets["synthetic_target"]
+  assert list(b.evals) == ["reid"] and list(r.evals) == ["reid", "t2i"]
+  assert b.model.vit == r.model.vit == "tiny"
   assert (b.input.image_size, b.total_steps, b.optim.lr) == (r.input.image_size, 400, 5e-4)
   assert "lambda_iam" not in b.loss and "text" not in b.init
   c = bot.get_config("paper,protocol=m_to_ms,stride=12,camera=1")

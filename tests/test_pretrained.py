@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from encoder_utils import save_tiny_vit
 
+from retext_jax import errors
 from retext_jax.models import pretrained, vit
 
 MODEL_CFG = dict(vit="tiny", depth=0, patch=16, stride=16, drop_path=0.1, camera_embedding=True)
@@ -30,6 +31,18 @@ def test_converted_vit_at_another_size_equals_direct_import(hf_vit, tmp_path):
                                 direct["block_0"]["attn"]["query"]["kernel"])
   # Training options are the config's, not the checkpoint's.
   assert cfg.num_cameras == 6 and cfg.drop_path_rate == 0.1 and cfg.hidden_size == 32
+
+
+def test_merge_lists_loaded_kept_and_ignored_and_refuses_shape_mismatches():
+  init = {"enc": {"w": np.zeros((2, 3)), "b": np.zeros(3)}, "head": {"w": np.ones((3, 4))}}
+  loaded = {"enc": {"w": np.full((2, 3), 7.0), "pooler": np.ones(5)}}
+  params, report = pretrained.merge(init, loaded)
+  assert report == {"loaded": ["enc/w"], "kept": ["enc/b", "head/w"], "ignored": ["enc/pooler"]}
+  np.testing.assert_array_equal(params["enc"]["w"], loaded["enc"]["w"])
+  np.testing.assert_array_equal(params["enc"]["b"], init["enc"]["b"])
+  assert params["head"]["w"] is init["head"]["w"] and set(params["enc"]) == {"w", "b"}
+  with pytest.raises(errors.ConfigError, match=r"enc/w: pretrained \(3, 2\), model \(2, 3\)"):
+    pretrained.merge(init, {"enc": {"w": np.zeros((3, 2)), "b": np.zeros(3)}})
 
 
 def test_missing_pretrained_path_names_it():

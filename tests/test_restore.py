@@ -88,6 +88,11 @@ def test_every_tool_runs_on_the_stripped_workdir(stripped, tmp_path, capsys):
   assert query.main(["--workdir", wd, "--image", probe, "--gallery", feats, "--topk", "3"]) == 0
   assert evaluate_protocol.main(["--workdir", wd, "--protocol", "synthetic",
                                  "--out", str(tmp_path)]) == 0
+  # The protocol runner and the trainer's evaluators share their metric code.
+  during = json.load(open(os.path.join(wd, "results.json")))["evals"]
+  protocol = json.load(open(tmp_path / "synthetic.json"))["targets"]["synthetic target"]
+  for k in ("R1", "R5", "R10", "mAP", "mINP"):
+    assert protocol[k] == pytest.approx(during["reid"]["synthetic_target"][k], abs=1e-6), k
   assert visualize_ranks.main(["--workdir", wd, "--query_dataset",
                                f"market1501:{root}/target_market:query", "--gallery_dataset",
                                gallery, "--num_queries", "2", "--topk", "3",
@@ -106,6 +111,10 @@ def test_every_tool_runs_on_the_stripped_workdir(stripped, tmp_path, capsys):
     rc = main(["--workdir", wd, *args])
     if method == "retext":
       assert rc == 0, (main.__module__, capsys.readouterr().err[-2000:])
+      if main is evaluate_protocol.main:
+        t2i = json.load(open(tmp_path / "synthetic_t2i.json"))["targets"]["synthetic CUHK-PEDES"]
+        trained = during["t2i"]["synthetic_captions_test"]
+        assert all(t2i[k] == pytest.approx(trained[k], abs=1e-6) for k in trained), (t2i, trained)
     else:  # BoT has no text tower and no decoder: one line that says so
       assert rc == 2, main.__module__
       line = _error(capsys)

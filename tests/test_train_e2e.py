@@ -117,14 +117,19 @@ def test_sigterm_saves_current_step(tmp_path, cache):
   assert step >= 3 and max(_steps(wd)) == step < 100000
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
-    (["--config.data.synthetic_preset=", "--config.data.root=/nonexistent/reid"],
+@pytest.mark.parametrize("config, extra, expected", [
+    ("configs/retext.py:demoo", [], "unknown preset 'demoo' in configs/retext.py"),
+    ("configs/bot.py:tiny,steps=abc", [], "config override steps='abc': expected a int"),
+    (NO_TEXT, ["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+    (NO_TEXT, ["--config.total_step=10"], "unknown config key 'total_step' in a --config "
+                                          "override (Did you mean \"total_steps\""),
+    (NO_TEXT, ["--config.total_steps=abc"], "--config.total_steps=abc: invalid literal"),
+    (NO_TEXT, ["--config.data.synthetic_preset=", "--config.data.root=/nonexistent/reid"],
      "/nonexistent/reid/SYNTH-PEDES does not exist"),
-    (["--config.init.image=/nonexistent/vit_b16"], "/nonexistent/vit_b16 does not exist"),
+    (NO_TEXT, ["--config.init.image=/nonexistent/vit_b16"], "/nonexistent/vit_b16 does not exist"),
 ])
-def test_user_errors_are_one_line(tmp_path, cache, extra, expected):
-  proc = _run(NO_TEXT, str(tmp_path / "wd"), cache, *extra, check=False)
+def test_user_errors_are_one_line(tmp_path, cache, config, extra, expected):
+  proc = _run(config, str(tmp_path / "wd"), cache, *extra, check=False)
   assert proc.returncode == 2
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]

@@ -135,6 +135,14 @@ def image_encoder(model_cfg: Mapping[str, Any], image_size, path: str, num_camer
   return dataclasses.replace(cfg, **extra), params
 
 
+def image_tower(config: Mapping[str, Any], num_cameras: int = 0) -> tuple[vit.ViTConfig, dict]:
+  """The ViT of `config.model` at `config.input.image_size`, and {"image_encoder": params} when
+  `config.init.image` names pretrained weights (else {})."""
+  cfg, params = image_encoder(config["model"], config["input"]["image_size"],
+                              config["init"]["image"], num_cameras=num_cameras)
+  return cfg, ({} if params is None else {"image_encoder": params})
+
+
 def _resize_converted_vit(params, cfg: vit.ViTConfig, image_size) -> tuple[dict, vit.ViTConfig]:
   """A converted ViT trained at another resolution: bicubic-resize its position embeddings."""
   if tuple(cfg.image_size) == image_size:

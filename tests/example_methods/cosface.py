@@ -57,9 +57,7 @@ class CosFaceMethod(base.Method):
 
   @classmethod
   def create(cls, config, data):
-    vit_cfg, params = pretrained.image_encoder(config.model, config.input.image_size,
-                                               config.init.image)
-    loaded = {} if params is None else {"image_encoder": params}
+    vit_cfg, loaded = pretrained.image_tower(config)
     return base.Init(cls(config, CosFaceConfig(vit_cfg, data.num_classes)), loaded)
 
   def make_module(self):

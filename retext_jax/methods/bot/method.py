@@ -53,10 +53,7 @@ class BoTMethod(base.Method):
 
   @classmethod
   def create(cls, config, data: base.DataInfo) -> base.Init:
-    vit_cfg, vit_params = pretrained.image_encoder(config.model, config.input.image_size,
-                                                   config.init.image,
-                                                   num_cameras=data.num_cameras)
-    loaded = {} if vit_params is None else {"image_encoder": vit_params}
+    vit_cfg, loaded = pretrained.image_tower(config, data.num_cameras)
     return base.Init(cls(config, BoTConfig(vit_cfg, data.num_classes)), loaded)
 
   def make_module(self) -> BoT:

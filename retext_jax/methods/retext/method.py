@@ -43,19 +43,17 @@ class ReTextMethod(base.Method):
   @classmethod
   def create(cls, config, data: base.DataInfo) -> base.Init:
     lc = config.loss
-    vit_cfg, vit_params = pretrained.image_encoder(config.model, config.input.image_size,
-                                                   config.init.image,
-                                                   num_cameras=data.num_cameras)
+    vit_cfg, loaded = pretrained.image_tower(config, data.num_cameras)
     if lc.lambda_rec > 0 and vit_cfg.patch_stride != vit_cfg.patch_size:
       raise errors.ConfigError("lambda_rec > 0 reconstructs non-overlapping patches: set "
                                "config.model.stride equal to config.model.patch")
-    text_cfg = text_params = tokenizer = None
+    text_cfg = tokenizer = None
     if lc.lambda_iam > 0 or lc.lambda_rec > 0:
       if not config.init.text:
         raise errors.ConfigError(
             "lambda_iam or lambda_rec > 0 needs a text encoder: set config.init.text (a BERT "
             "folder, a converted folder, or 'minilm')")
-      text_cfg, text_params, tokenizer = pretrained.text_encoder(config.init.text)
+      text_cfg, loaded["text_encoder"], tokenizer = pretrained.text_encoder(config.init.text)
     mcfg = ReTextConfig(
         vit=vit_cfg, text=text_cfg, num_classes=data.num_classes,
         num_sc_classes=data.num_sc_classes if lc.lambda_sc_id > 0 else 0,
@@ -64,8 +62,6 @@ class ReTextMethod(base.Method):
         decoder_heads=config.model.decoder_heads,
         num_masked=num_masked(config.input.mask_ratio, vit_cfg.num_patches),
     )
-    loaded = {k: v for k, v in (("image_encoder", vit_params), ("text_encoder", text_params))
-              if v is not None}
     return base.Init(cls(config, mcfg), loaded, tokenizer)
 
   def make_module(self) -> ReText:
