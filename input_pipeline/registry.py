@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from input_pipeline.records import ReIDDataset
@@ -28,13 +29,23 @@ def names() -> list[str]:
   return sorted(_READERS)
 
 
-def get_dataset(name: str, root: str, **kwargs) -> ReIDDataset:
-  """Reads dataset `name` from `root` (the folder the user placed the data in)."""
+def get_dataset(name: str, root: str, captions: str = "", **kwargs) -> ReIDDataset:
+  """Reads dataset `name` from `root` (the folder the user placed the data in).
+
+  `captions` names a captions sidecar (`input_pipeline.captions_sidecar`; relative to the
+  dataset folder the reader resolved) whose captions are attached to the records, whatever the
+  reader. The other keyword arguments are the reader's options."""
   _import_readers()
   if name not in _READERS:
     raise errors.UnknownKeyError(
         f"unknown dataset {name!r}; registered: {', '.join(sorted(_READERS))}")
-  return _READERS[name](root, **kwargs)
+  dataset = _READERS[name](root, **kwargs)
+  if captions:
+    from input_pipeline import captions_sidecar
+
+    path = captions if os.path.isabs(captions) else os.path.join(dataset.root, captions)
+    dataset = captions_sidecar.attach(dataset, captions_sidecar.load(path), path)
+  return dataset
 
 
 def _import_readers() -> None:

@@ -36,6 +36,7 @@ class Protocol:
   sources: tuple[str, ...]  # registry names of the training sources (folders of the same name)
   targets: tuple[Target, ...]
   combineall: bool = False  # Protocol-3: the sources' query and gallery images train too
+  supervised: bool = False  # train on a dataset's train split, test on its query/gallery
 
   @property
   def metrics(self) -> tuple[str, ...]:
@@ -66,6 +67,11 @@ PROTOCOLS: dict[str, Protocol] = {
                    _P1_TARGETS, combineall=True),
     **{f"p{p}_{k}": _leave_one_out(t, p) for p in (2, 3)
        for k, t in (("m", _M), ("ms", _MS), ("c3", _C3))},
+    # Supervised Re-ID (CLIP-SCGI's, CLIP-ReID's and TransReID's tables).
+    **{f"sup_{t.reader}": Protocol(f"Supervised: {t.name}", REID, (t.reader,), (t,),
+                                   supervised=True)
+       for t in (_M, _MS, Target("DukeMTMC-reID", "dukemtmcreid", "dukemtmcreid"),
+                 Target("Occluded-Duke", "occluded_duke", "occluded_duke"))},
     "m_to_ms": Protocol("Market-1501 -> MSMT17", REID, ("market1501",), (_MS,)),
     "ms_to_m": Protocol("MSMT17 -> Market-1501", REID, ("msmt17",), (_M,)),
     "m_to_d": Protocol("Market-1501 -> DukeMTMC-reID", REID, ("market1501",),
@@ -81,6 +87,11 @@ PROTOCOLS: dict[str, Protocol] = {
     "synthetic": Protocol("Synthetic: source_market + SYNTH-PEDES -> target_market", REID,
                           ("market1501",), (Target("synthetic target", "market1501",
                                                    "target_market"),)),
+    "synthetic_supervised": Protocol(
+        "Synthetic supervised: source_market train -> its query/gallery, and the unseen "
+        "target_market", REID, ("market1501",),
+        (Target("synthetic source", "market1501", "source_market"),
+         Target("synthetic target", "market1501", "target_market")), supervised=True),
     "synthetic_t2i": Protocol("Synthetic text-to-image: CUHK-PEDES layout", TEXT, ("synthpedes",),
                               (Target("synthetic CUHK-PEDES", "cuhkpedes", "CUHK-PEDES"),)),
 }

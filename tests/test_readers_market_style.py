@@ -7,6 +7,7 @@ from reader_utils import cams, ids, write_images
 
 from input_pipeline import registry
 from input_pipeline.readers import common
+from retext_jax import errors
 
 MARKET_TRAIN = [
     "0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c3s3_015240_04.jpg",
@@ -136,3 +137,42 @@ def test_cuhksysu_camera_outside_range_names_the_file(tmp_path):
   write_images(tmp_path / "bounding_box_train", ["00017_c2_s12345.jpg"])
   with pytest.raises(common.AnnotationError, match="00017_c2_s12345.jpg"):
     registry.get_dataset("cuhksysu", str(tmp_path))
+
+
+def test_occluded_duke_reads_its_real_layout(tmp_path):
+  base = tmp_path / "Occluded_Duke"
+  write_images(base / "bounding_box_train", ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg",
+                                             "0003_c8_f0050112.jpg"])
+  write_images(base / "query", ["0005_c2_f0046985.jpg"])
+  write_images(base / "bounding_box_test", ["0005_c5_f0051781.jpg", "0007_c1_f0057592.jpg"])
+  for root in (tmp_path, base):
+    ds = registry.get_dataset("occluded_duke", str(root))
+    assert (len(ds.train), len(ds.query), len(ds.gallery)) == (3, 1, 2)
+    assert ids(ds.train) == {0, 1} and cams(ds.train) == {1, 4, 7}
+    assert ids(ds.gallery) == {5, 7} and ds.query[0].camid == 1
+  with pytest.raises(common.LayoutError, match="Occluded_Duke"):
+    registry.get_dataset("occluded_duke", str(tmp_path / "nowhere"))
+
+
+def test_captions_sidecar_attaches_to_any_reader(market_parent, caplog):
+  from input_pipeline import captions_sidecar
+
+  root = market_parent / "market1501" / "Market-1501-v15.09.15"
+  captions_sidecar.write(str(root / "captions.json"), {
+      "bounding_box_train/0002_c1s1_000451_03.jpg": ["a man in a red shirt", "red shirt"],
+      "query/0003_c5s1_000123_00.jpg": ["a woman with a bag"],
+      "query/missing.jpg": ["no such image"],
+  })
+  ds = registry.get_dataset("market1501", str(market_parent), captions="captions.json")
+  by_name = {os.path.basename(r.path): r for r in ds.train + ds.query + ds.gallery}
+  assert by_name["0002_c1s1_000451_03.jpg"].captions == ("a man in a red shirt", "red shirt")
+  assert by_name["0003_c5s1_000123_00.jpg"].captions == ("a woman with a bag",)
+  assert sum(bool(r.captions) for r in by_name.values()) == 2
+  assert common.skipped(ds) == {"captions sidecar entries without an image": 1}
+  plain = registry.get_dataset("market1501", str(market_parent))
+  assert [r.path for r in plain.train] == [r.path for r in ds.train]  # same records otherwise
+  (root / "bad.json").write_text('{"query/x.jpg": "not a list"}')
+  with pytest.raises(errors.DataError, match="must be a list of strings"):
+    registry.get_dataset("market1501", str(root), captions="bad.json")
+  with pytest.raises(errors.MissingFileError, match="nope.json"):
+    registry.get_dataset("market1501", str(root), captions="nope.json")

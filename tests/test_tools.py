@@ -167,7 +167,16 @@ def test_protocol_definitions_and_errors(trained, tmp_path, capsys):
   assert all(t.splits == 10 for t in p1.targets)
   assert protocols.get("p2_c3").sources == ("market1501", "msmt17", "cuhksysu")
   assert protocols.get("p3_m").combineall and not protocols.get("p2_m").combineall
-  model, _ = trained
+  assert [protocols.get(f"sup_{n}").targets[0].root for n in
+          ("market1501", "msmt17", "dukemtmcreid", "occluded_duke")] == [
+              "market1501", "msmt17", "dukemtmcreid", "occluded_duke"]
+  model, root = trained
+  # Supervised synthetic protocol: the source domain's own query/gallery and the unseen target.
+  res = protocols.run(model, "synthetic_supervised", root, progress=False)
+  assert list(res["targets"]) == ["synthetic source", "synthetic target"]
+  assert res["average"]["mAP"] == pytest.approx(
+      np.mean([t["mAP"] for t in res["targets"].values()]))
+  assert res["targets"]["synthetic target"]["num_gallery"] > 0
   rc = evaluate_protocol_tool.main(["--workdir", model.workdir, "--protocol", "p1",
                                     "--data_root", str(tmp_path)])
   err = capsys.readouterr().err.strip().splitlines()

@@ -3,7 +3,8 @@
 Each reader is `reader(root: str, **options) -> ReIDDataset`, found by name through
 `input_pipeline.registry.get_dataset(name, root, **options)`:
 
-  market1501, dukemtmcreid, cuhk03_np, cuhksysu   (Market layout; market_style.py)
+  market1501, dukemtmcreid, occluded_duke,
+  cuhk03_np, cuhksysu                             (Market layout; market_style.py)
   msmt17                                          (list files, V1/V2; msmt17.py)
   cuhk02, grid, prid, viper, ilids                (Protocol-1; small_targets.py)
   synthpedes, cuhkpedes, icfgpedes, rstpreid      (captioned; captioned.py)
@@ -14,7 +15,8 @@ layout error shows the expected layout and every path searched. Conventions: tra
 relabelled 0..N-1 through the sorted id list, query/gallery/test ids stay raw, camids are 0-based
 (-1 where unknown), paths absolute, `Record.dataset` is the registry name. `combineall=True`
 (market1501, dukemtmcreid, cuhk03_np, cuhksysu, msmt17, cuhk02) is the domain-generalisation
-usage that merges every image into train.
+usage that merges every image into train. Every reader also takes `captions=<sidecar.json>`
+(`input_pipeline.captions_sidecar`), which attaches generated captions to its records.
 
 Skips: where dropping data is the documented policy (empty captions; images left without a
 caption), readers log one warning per reason and attach `dataset.skipped`, a dict reason -> count

@@ -106,6 +106,13 @@ _DUKE = Spec(
     num_cams=8,
 )
 
+_OCCLUDED_DUKE = Spec(
+    name="occluded_duke",
+    candidates=("", "Occluded_Duke", "occluded_duke", "Occluded-Duke", "occluded-duke"),
+    extensions=(".jpg",),
+    num_cams=8,
+)
+
 _CUHKSYSU = Spec(
     name="cuhksysu",
     candidates=("", "CUHK-SYSU", "cuhksysu", "cuhk-sysu"),
@@ -132,6 +139,14 @@ def market1501(root: str, combineall: bool = False) -> ReIDDataset:
 def dukemtmcreid(root: str, combineall: bool = False) -> ReIDDataset:
   """DukeMTMC-reID: 16,522 train / 2,228 query / 17,661 gallery images, 8 cameras."""
   return read_layout(_DUKE, root, combineall)
+
+
+@register("occluded_duke")
+def occluded_duke(root: str, combineall: bool = False) -> ReIDDataset:
+  """Occluded-Duke (Miao et al. 2019): DukeMTMC-reID re-split so that queries are occluded;
+  15,618 train / 2,210 query / 17,661 gallery images, 8 cameras, Duke's file names.
+  Layout `Occluded_Duke/{bounding_box_train,query,bounding_box_test}/*.jpg`."""
+  return read_layout(_OCCLUDED_DUKE, root, combineall)
 
 
 @register("cuhk03_np")

@@ -6,10 +6,12 @@ r"""Evaluates a trained checkpoint on a standard protocol; writes the table as m
 
 Protocols (retext_jax/protocols.py): p1 (-> PRID, GRID, VIPeR, iLIDS, mean of 10 splits each),
 p2_m / p2_ms / p2_c3 and p3_* (leave-one-out among Market-1501, MSMT17, CUHK-SYSU, CUHK03),
-m_to_ms, ms_to_m, m_to_d, d_to_m (single source), t2i_cuhkpedes / t2i_icfgpedes / t2i_rstpreid
-(text-to-image), synthetic and synthetic_t2i (the synthetic benchmark; --data_root defaults to
-the folder the training config rendered). Writes <out>/<protocol>.md and .json (default out:
-<workdir>/protocols); the JSON holds every split's metrics and the CMC curves `plot_cmc` reads.
+m_to_ms, ms_to_m, m_to_d, d_to_m (single source), sup_market1501 / sup_msmt17 /
+sup_dukemtmcreid / sup_occluded_duke (supervised), t2i_cuhkpedes / t2i_icfgpedes / t2i_rstpreid
+(text-to-image), synthetic, synthetic_t2i and synthetic_supervised (the synthetic benchmark;
+--data_root defaults to the folder the training config rendered). Writes <out>/<protocol>.md
+and .json (default out: <workdir>/protocols); the JSON holds every split's metrics and the CMC
+curves `plot_cmc` reads.
 """
 
 from __future__ import annotations
