@@ -21,7 +21,7 @@ from retext_jax.tools import evaluate_protocol as evaluate_protocol_tool
 from retext_jax.tools import export as export_tool
 
 TOOLS = ("extract", "query", "evaluate_protocol", "plot_cmc", "export", "visualize_ranks",
-         "visualize_reconstruction", "convert")
+         "visualize_reconstruction", "convert", "caption")
 
 
 @pytest.fixture(scope="module")
