@@ -8,6 +8,8 @@ part has sources):
   multicam/image      float32 [P*K, H, W, 3]  augmented, normalised; identity-major (K per id)
   multicam/pid        int32   [P*K]
   multicam/camid      int32   [P*K]
+  multicam/tokens     int32   [P*K, L]        with multicam_captions: one caption of each image,
+  multicam/token_mask int32   [P*K, L]        drawn per step (CLIP-SCGI)
   singlecam/view1     float32 [B, H, W, 3]    two independently augmented views of one image
   singlecam/view2     float32 [B, H, W, 3]
   singlecam/pid       int32   [B]             identity of the image's caption set
@@ -212,9 +214,22 @@ def _concat_checked(sources: Sources, cfg: InputConfig, part: str
 
 
 def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
-                      process_count: int) -> tf.data.Dataset:
+                      process_count: int, tokenizer: TextTokenizer | None = None
+                      ) -> tf.data.Dataset:
+  """P x K batches; with `tokenizer`, each image also carries one of its captions per step
+  (every training image must have one: attach a captions sidecar to the reader)."""
   recs, weights = _concat_checked(sources, cfg, "multicam")
   flat = [r for src in recs for r in src]
+  if tokenizer is not None:
+    bare = [r.path for r in flat if not any(c.strip() for c in r.captions)]
+    if bare:
+      raise errors.DataError(
+          f"multicam source: {len(bare)} of {len(flat)} training images have no caption (first: "
+          f"{bare[0]}); caption them with python -m retext_jax.tools.caption and pass the "
+          "sidecar as the source's captions option")
+    ids, tmask, first, count = tokenize_captions(
+        [[c for c in r.captions if c.strip()] for r in flat], tokenizer, cfg.max_text_len,
+        cfg.unk_threshold, cfg.unk_probe)
   paths = tf.constant([r.path for r in flat])
   pid = np.asarray([r.pid for r in flat], np.int32)
   camid = np.asarray([r.camid for r in flat], np.int32)
@@ -223,22 +238,29 @@ def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
   sampler = sampling.PKSampler([np.asarray([r.pid for r in src]) for src in recs], weights, p, k,
                                cfg.seed, process_index, process_count)
 
+  text_keys = ("tokens", "token_mask") if tokenizer is not None else ()
+  n = p * k
+
   def gen():
     rng = np.random.default_rng([cfg.seed, process_index, 0x4D43])
     for idx, _ in sampler:
-      yield {"index": idx, "pid": pid[idx], "camid": camid[idx],
-             "seed": rng.integers(0, 2**31 - 1, size=(len(idx), 2), dtype=np.int64)}
+      ex = {"index": idx, "pid": pid[idx], "camid": camid[idx],
+            "seed": rng.integers(0, 2**31 - 1, size=(len(idx), 2), dtype=np.int64)}
+      if tokenizer is not None:
+        cap = first[idx] + rng.integers(0, count[idx])
+        ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
+      yield ex
 
-  n = p * k
   ds = tf.data.Dataset.from_generator(gen, output_signature={
       "index": tf.TensorSpec([n], tf.int64), "pid": tf.TensorSpec([n], tf.int32),
-      "camid": tf.TensorSpec([n], tf.int32), "seed": tf.TensorSpec([n, 2], tf.int64)})
+      "camid": tf.TensorSpec([n], tf.int32), "seed": tf.TensorSpec([n, 2], tf.int64),
+      **{k: tf.TensorSpec([n, cfg.max_text_len], tf.int32) for k in text_keys}})
 
   @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
   def load(ex):
     img = load_image(tf.gather(paths, ex["index"]), cfg.image_size)
     return {"image": _train_view(img, ex["seed"], cfg, cfg.erase_prob),
-            "pid": ex["pid"], "camid": ex["camid"]}
+            **{k: ex[k] for k in ("pid", "camid", *text_keys)}}
 
   ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return finish(ds.batch(n, drop_remainder=True), cfg.prefetch)
@@ -363,13 +385,16 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
 
 def make_train_dataset(multicam_sources: Sources, singlecam_sources: Sources,
                        cfg: InputConfig | Mapping[str, Any], *,
-                       tokenizer: TextTokenizer | None = None, process_index: int = 0,
-                       process_count: int = 1) -> tf.data.Dataset:
+                       tokenizer: TextTokenizer | None = None, multicam_captions: bool = False,
+                       process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
   """The endless training tf.data.Dataset of flat-keyed batches (see the module docstring)."""
   cfg = as_config(cfg)
   parts = {}
+  if multicam_captions and tokenizer is None:
+    raise ValueError("multicam_captions needs the tokenizer")
   if multicam_sources:
-    parts["multicam"] = _multicam_dataset(multicam_sources, cfg, process_index, process_count)
+    parts["multicam"] = _multicam_dataset(multicam_sources, cfg, process_index, process_count,
+                                          tokenizer if multicam_captions else None)
   if singlecam_sources:
     parts["singlecam"] = _singlecam_dataset(singlecam_sources, cfg, tokenizer, process_index,
                                             process_count)
@@ -385,8 +410,8 @@ def _flatten_keys(parts: dict[str, dict[str, tf.Tensor]]) -> dict[str, tf.Tensor
 
 def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
                         cfg: InputConfig | Mapping[str, Any], *,
-                        tokenizer: TextTokenizer | None = None, process_index: int = 0,
-                        process_count: int = 1) -> Iterator[Batch]:
+                        tokenizer: TextTokenizer | None = None, multicam_captions: bool = False,
+                        process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
   """Endless iterator of numpy train batches for this host.
 
   Args:
@@ -394,9 +419,12 @@ def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
       sources: build them with records.disjoint_ids); empty to train without the Re-ID part.
     singlecam_sources: `(records, weight)` pairs of captioned images; empty for "Re-ID only".
     cfg: InputConfig or a mapping / ConfigDict of its fields. Batch sizes are global.
-    tokenizer: needed when singlecam_sources are given.
+    tokenizer: needed when singlecam_sources are given or multicam_captions is set.
+    multicam_captions: the multi-camera batches carry one caption per image too
+      (multicam/tokens, multicam/token_mask), drawn per step among the image's captions.
     process_index, process_count: this host among all hosts (jax.process_index/count()).
   """
   ds = make_train_dataset(multicam_sources, singlecam_sources, cfg, tokenizer=tokenizer,
-                          process_index=process_index, process_count=process_count)
+                          multicam_captions=multicam_captions, process_index=process_index,
+                          process_count=process_count)
   return ds.as_numpy_iterator()

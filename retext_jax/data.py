@@ -16,7 +16,7 @@ from absl import logging
 from input_pipeline import registry
 from input_pipeline.records import Record, ReIDDataset, disjoint_ids
 from retext_jax import errors
-from retext_jax.methods.base import MULTICAM, SINGLECAM, DataInfo
+from retext_jax.methods.base import MULTICAM, MULTICAM_TEXT, SINGLECAM, DataInfo
 
 
 @dataclasses.dataclass
@@ -99,8 +99,9 @@ def train_iterator(config, sources: Sources, streams: tuple[str, ...], tokenizer
   from input_pipeline import pipeline
 
   cfg = dataclasses.replace(input_config(config), seed=config.seed + 1_000_003 * start_step)
+  multicam = MULTICAM in streams or MULTICAM_TEXT in streams
   return pipeline.make_train_iterator(
-      sources.multicam if MULTICAM in streams else [],
-      sources.singlecam if SINGLECAM in streams else [], cfg, tokenizer=tokenizer,
+      sources.multicam if multicam else [], sources.singlecam if SINGLECAM in streams else [],
+      cfg, tokenizer=tokenizer, multicam_captions=MULTICAM_TEXT in streams,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )

@@ -61,6 +61,7 @@ class TrainedModel:
   step: int
   workdir: str
   text_tokenizer: tokenizers.TextTokenizer | None = None  # None: read from the workdir
+  tokenizer_kind: str = "bert"  # of the files in <workdir>/tokenizer ("bert" or "clip")
   place: Callable[[np.ndarray], jax.Array] = jnp.asarray
 
   @property
@@ -82,7 +83,7 @@ class TrainedModel:
     path = os.path.join(self.workdir, TOKENIZER_DIR)
     if not os.path.isdir(path):
       raise errors.MissingFileError(f"{path} does not exist: the workdir holds no tokenizer")
-    return tokenizers.load_tokenizer(path, "bert")
+    return tokenizers.load_tokenizer(path, self.tokenizer_kind)
 
   def _call(self, fn: str, *inputs) -> np.ndarray:
     self._require(fn)
@@ -159,4 +160,5 @@ def load(workdir: str, which: str = "latest", step: int | None = None) -> Traine
   config = ml_collections.ConfigDict(meta["config"])
   method = methods.get(meta.get("method", "retext")).restore(config, meta["model"])
   return TrainedModel(method, method.eval_variables(variables, config.eval.features), config,
-                      int(meta["step"]), os.path.abspath(workdir))
+                      int(meta["step"]), os.path.abspath(workdir),
+                      tokenizer_kind=meta.get("tokenizer_kind") or "bert")

@@ -30,7 +30,7 @@ from retext_jax import (
     sharding,
     tokenizers,
 )
-from retext_jax.methods.base import MULTICAM, SINGLECAM, Method
+from retext_jax.methods.base import MULTICAM, MULTICAM_TEXT, SINGLECAM, Method
 from retext_jax.models import pretrained
 from retext_jax.protocols import SCALARS
 from retext_jax.train_step import create_state, make_train_step
@@ -55,11 +55,12 @@ def init_state(config, method: Method, tx, loaded: dict, mesh):
   return state, shardings
 
 
-def _meta(config, method: Method, step: int, metrics: dict, initial: dict | None) -> dict:
+def _meta(run: _Run, step: int, metrics: dict, initial: dict | None) -> dict:
   """What is saved beside the state: enough to rebuild the model without the training data."""
-  return {"step": int(step), "config": config.to_dict(), "config_name": config.name,
-          "method": config.method, "model": method.model_config.to_dict(), "metrics": metrics,
-          "initial": initial}
+  return {"step": int(step), "config": run.config.to_dict(), "config_name": run.config.name,
+          "method": run.config.method, "model": run.method.model_config.to_dict(),
+          "tokenizer_kind": run.tokenizer.kind if run.tokenizer is not None else None,
+          "metrics": metrics, "initial": initial}
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -97,7 +98,7 @@ def _check_batch_sizes(config, streams: tuple[str, ...], mesh) -> None:
   """Global batches are split along `data`: each must divide by the device count."""
   n = mesh.shape[sharding.DATA]
   sizes = {"input.eval_batch": config.input.eval_batch}
-  if MULTICAM in streams:
+  if MULTICAM in streams or MULTICAM_TEXT in streams:
     sizes["input.multicam_p * input.multicam_k"] = config.input.multicam_p * config.input.multicam_k
   if SINGLECAM in streams:
     sizes["input.singlecam_batch_size"] = config.input.singlecam_batch_size
@@ -198,10 +199,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))
         if config.best_metric:
-          ckpt.save_best(step, state, _meta(config, method, step, results, initial),
+          ckpt.save_best(step, state, _meta(run, step, results, initial),
                          {config.best_metric: _headline(results, config.best_metric)})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-        ckpt.save(step, state, _meta(config, method, step, results, initial))
+        ckpt.save(step, state, _meta(run, step, results, initial))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
         break

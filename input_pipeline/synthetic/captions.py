@@ -157,6 +157,16 @@ def prompt_caption(v: dict[str, str]) -> str:
           f"{v['lower_colour']} {v['lower_type']} and {v['shoes_colour']} shoes{bag}.")
 
 
+def annotation_captions(identities_json: dict) -> dict[str, list[str]]:
+  """Captions sidecar of a Market-layout domain from its `identities.json`: each image of a
+  person gets `prompt_caption` of what its view shows (distractors and junk get none)."""
+  from input_pipeline.synthetic.attributes import Identity, visible_attributes
+
+  people = {pid: Identity(**v["attributes"]) for pid, v in identities_json["identities"].items()}
+  return {rel: [prompt_caption(visible_attributes(people[im["pid"]], im["view"] or "front"))]
+          for rel, im in identities_json["images"].items() if im["pid"] in people}
+
+
 def plip_attributes(v: dict[str, str]) -> str:
   """The six comma-separated attributes of a SYNTH-PEDES record (`unknown` when absent)."""
   hair = "bald" if v["hair_style"] == "bald" else f"{v['hair_colour']} hair"

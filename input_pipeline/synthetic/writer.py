@@ -4,7 +4,8 @@ Planning is sequential and cheap (no pixels); rendering the jobs is the expensiv
 Layouts written under the output folder:
 
   source_market/, target_market/   Market-1501: bounding_box_train/, query/, bounding_box_test/
-                                   with `PPPP_cCsS_FFFFFF_BB.jpg` names (+ identities.json sidecar)
+                                   with `PPPP_cCsS_FFFFFF_BB.jpg` names (+ identities.json and
+                                   a captions.json sidecar: template captions of each person)
   SYNTH-PEDES/                     synthpedes_dataset.json, Part*/<id>/<k>.jpg
                                    (+ caption_errors.json sidecar)
   CUHK-PEDES/                      reid_raw.json, imgs/cam_a|cam_b/*.jpg (+ identities.json)
@@ -23,7 +24,7 @@ from input_pipeline.synthetic.presets import Preset
 from input_pipeline.synthetic.render import DISTRACTOR, JUNK, ImageJob
 from input_pipeline.synthetic.scenes import SCENE_STYLES
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: captions.json sidecars for the Market-layout domains
 MARKET_DOMAINS = (("source", "source_market"), ("target", "target_market"))
 SYNTH_DIR, CUHK_DIR = "SYNTH-PEDES", "CUHK-PEDES"
 SET_CODES = {"source": 10, "target": 20, "synthpedes": 30, "cuhkpedes": 40}
@@ -110,8 +111,10 @@ def _plan_market(plan: Plan, domain: str, folder: str, p: Preset, seed: int,
         kind=kind)
   counts["gallery_images"] += p.distractors + p.junk
   plan.sheet_rows.extend(rows)
-  plan.json_files[f"{folder}/identities.json"] = {"domain": domain, "identities": identities,
-                                                  "images": images}
+  plan.json_files[f"{folder}/identities.json"] = annotations = {
+      "domain": domain, "identities": identities, "images": images}
+  # What a VLM captioner would write, from the annotations (retext_jax.tools.caption --rules).
+  plan.json_files[f"{folder}/captions.json"] = cap.annotation_captions(annotations)
   plan.sets[folder] = {
       "layout": "market1501", "domain": domain, "cameras": p.num_cameras,
       "train_ids": n_train, "test_ids": n_test, "distractor_images": p.distractors,

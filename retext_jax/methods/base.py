@@ -33,6 +33,8 @@ RECONSTRUCT = "reconstruct"  # images, tokens, token_mask, patch_mask -> patch p
 
 # Input streams of the train pipeline a method may read (batch keys "<stream>/...").
 MULTICAM, SINGLECAM = "multicam", "singlecam"
+# The multi-camera stream with one of each image's captions (multicam/tokens, token_mask).
+MULTICAM_TEXT = "multicam_text"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,7 @@ class Method(abc.ABC):
   @property
   @abc.abstractmethod
   def streams(self) -> tuple[str, ...]:
-    """Train input streams this method reads (MULTICAM, SINGLECAM)."""
+    """Train input streams this method reads (MULTICAM or MULTICAM_TEXT, SINGLECAM)."""
 
   ema_keys: ClassVar[tuple[str, ...]] = ()  # top-level param subtrees the EMA copy tracks
   backbone_keys: ClassVar[tuple[str, ...]] = ()  # pretrained towers (the `lr` group; heads

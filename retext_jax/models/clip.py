@@ -72,6 +72,7 @@ class CLIPVisionConfig(PatchGrid):
   layer_norm_eps: float = 1e-5
   attn_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0  # linearly increasing over the blocks, as in timm / TransReID
+  num_cameras: int = 0  # > 0: a learned camera embedding added to every token (SIE, CLIP-ReID)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +204,11 @@ class CLIPVisionTower(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
+  def __call__(self, images: jax.Array, *, camera: jax.Array | None = None,
+               project_tokens: bool = False, deterministic: bool = True
+               ) -> dict[str, jax.Array]:
+    """`camera` [B] ids when `num_cameras` > 0; `project_tokens` also returns every token
+    through the post-norm and the projection ("token_embeddings" [B, 1 + N, P])."""
     c = self.config
     if images.ndim != 4 or images.shape[-1] != c.num_channels:
       raise ValueError(f"images must be [B, H, W, {c.num_channels}] (NHWC), got {images.shape}")
@@ -220,6 +225,12 @@ class CLIPVisionTower(nn.Module):
     pos = interpolate_pos_embedding(pos, c.grid, (gh, gw))
     cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d))
     x = jnp.concatenate([cls, x.reshape(b, gh * gw, d)], axis=1) + pos.astype(self.dtype)
+    if c.num_cameras:
+      if camera is None:
+        raise ValueError("this CLIP vision tower has a camera embedding: pass camera ids")
+      table = self.param("camera_embed", nn.initializers.truncated_normal(0.02),
+                         (c.num_cameras, d))
+      x = x + table[camera][:, None, :].astype(self.dtype)
     norm = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=name)
     x = norm("pre_norm")(x)
     for i in range(c.num_layers):
@@ -229,11 +240,15 @@ class CLIPVisionTower(nn.Module):
         drop_path_rate=c.drop_path_rate * i / max(c.num_layers - 1, 1),
         dtype=self.dtype, name=f"block_{i}",
       )(x, deterministic=deterministic)
-    cls_out = norm("post_norm")(x[:, 0])
-    embedding = nn.Dense(
-      self.projection_dim, use_bias=False, dtype=self.dtype, name="projection"
-    )(cls_out)
-    return {"cls": cls_out, "patch_tokens": x[:, 1:], "tokens": x, "embedding": embedding}
+    post_norm = norm("post_norm")
+    projection = nn.Dense(self.projection_dim, use_bias=False, dtype=self.dtype,
+                          name="projection")
+    cls_out = post_norm(x[:, 0])
+    out = {"cls": cls_out, "patch_tokens": x[:, 1:], "tokens": x,
+           "embedding": projection(cls_out)}
+    if project_tokens:  # LayerNorm and projection act per token: row 0 is `embedding`
+      out["token_embeddings"] = projection(post_norm(x))
+    return out
 
 
 def eos_positions(ids: jax.Array, eos_token_id: int) -> jax.Array:
@@ -252,8 +267,11 @@ class CLIPTextTower(nn.Module):
 
   @nn.compact
   def __call__(
-    self, ids: jax.Array, mask: jax.Array | None = None, *, deterministic: bool = True
+    self, ids: jax.Array, mask: jax.Array | None = None, *,
+    inject: tuple[jax.Array, jax.Array] | None = None, deterministic: bool = True
   ) -> dict[str, jax.Array]:
+    """`inject` = (positions [B], vectors [B, hidden]): those token embeddings are replaced
+    before the position embeddings are added (a pseudo-word, as in textual inversion)."""
     c = self.config
     if ids.ndim != 2 or ids.shape[1] > c.max_len:
       error = ValueError if ids.ndim != 2 else errors.ConfigError  # too long: config.max_text_len
@@ -262,6 +280,9 @@ class CLIPTextTower(nn.Module):
       c.vocab_size, c.hidden_size, embedding_init=nn.initializers.normal(0.02),
       dtype=self.dtype, name="token_embed",
     )(ids)
+    if inject is not None:
+      where, vectors = inject
+      x = x.at[jnp.arange(x.shape[0]), where].set(vectors.astype(x.dtype))
     pos = self.param("pos_embedding", nn.initializers.normal(0.01), (c.max_len, c.hidden_size))
     x = x + pos[: ids.shape[1]].astype(self.dtype)
     attn_mask = None if mask is None else padding_mask(mask)

@@ -96,25 +96,18 @@ def caption_records(records: Sequence[Record], captioner: Captioner, out: str,
 
 def rules_captioner(dataset) -> Captioner:
   """Template captions from the synthetic benchmark's annotations (`identities.json`)."""
-  from input_pipeline.synthetic import captions as cap
-  from input_pipeline.synthetic.attributes import Identity, visible_attributes
+  from input_pipeline.synthetic.captions import annotation_captions
 
   path = os.path.join(dataset.root, "identities.json")
   if not os.path.isfile(path):
     raise errors.MissingFileError(f"--rules synthetic: {path} does not exist (only the synthetic "
                                   "benchmark's Market-layout domains have attribute annotations)")
   with open(path, encoding="utf-8") as f:
-    meta = json.load(f)
-  people = {pid: Identity(**v["attributes"]) for pid, v in meta["identities"].items()}
+    captions = annotation_captions(json.load(f))
 
   def caption(records: Sequence[Record]) -> list[str]:
-    out = []
-    for r in records:
-      image = meta["images"].get(captions_sidecar.relative_path(r.path, dataset.root), {})
-      person = people.get(image.get("pid"))
-      view = image.get("view") or "front"
-      out.append(cap.prompt_caption(visible_attributes(person, view)) if person else "")
-    return out
+    rel = (captions_sidecar.relative_path(r.path, dataset.root) for r in records)
+    return [captions.get(x, [""])[0] for x in rel]
 
   return caption
 
