@@ -1,16 +1,18 @@
-r"""ReText ablation on the synthetic benchmark: which training signal buys target-domain accuracy.
+r"""Ablations on the synthetic benchmark: which training signal buys accuracy, per method.
 
-  python benchmarks/ablation.py --seeds 0 1 --steps 300
+  python benchmarks/ablation.py --seeds 0 1 --steps 300                  # ReText, unseen target
+  python benchmarks/ablation.py --config clip_scgi --seeds 0 1 2         # CLIP-SCGI, supervised
 
-Rows (each adds one signal to the row above, except row 2, the no-text control of row 3):
+ReText rows (each adds one signal to the row above, except row 2, the no-text control of row 3):
   1. Re-ID only on the multi-camera source;
   2. + captioned images without text (an ID loss over the captioned set's identities);
   3. Re-ID + L_iam (image-text matching on the captioned set);
   4. + L_sp;
   5. + L_rec (full ReText).
-Each row is trained from scratch per seed with the `demo` preset; the table gives the target
-mAP / rank-1 mean and standard deviation over seeds, and the step-0 (untrained) figures.
-Writes benchmarks/results/ablation.json and prints a markdown table.
+CLIP-SCGI rows: the CLIP-ReID-style baseline (ID + triplet), + CGI, + CFF, both (full).
+Each row is trained from scratch per seed with the method's `demo` preset; the table gives, per
+evaluated target, mAP / rank-1 mean and standard deviation over seeds, and the step-0
+(untrained) mAP. Writes benchmarks/results/ablation[_<config>].json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -25,20 +27,28 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = [
-    ("Re-ID only (multi-camera)", "lambda_iam=0,lambda_sp=0,lambda_rec=0,lambda_sc_id=0"),
-    ("+ captioned images, no text (ID loss)", "lambda_iam=0,lambda_sp=0,lambda_rec=0,"
-                                              "lambda_sc_id=1"),
-    ("Re-ID + L_iam", "lambda_iam=1,lambda_sp=0,lambda_rec=0"),
-    ("+ L_sp", "lambda_iam=1,lambda_sp=0.5,lambda_rec=0"),
-    ("+ L_rec (full ReText)", "lambda_iam=1,lambda_sp=0.5,lambda_rec=0.5"),
-]
+ROWS = {
+    "retext": [
+        ("Re-ID only (multi-camera)", "lambda_iam=0,lambda_sp=0,lambda_rec=0,lambda_sc_id=0"),
+        ("+ captioned images, no text (ID loss)", "lambda_iam=0,lambda_sp=0,lambda_rec=0,"
+                                                  "lambda_sc_id=1"),
+        ("Re-ID + L_iam", "lambda_iam=1,lambda_sp=0,lambda_rec=0"),
+        ("+ L_sp", "lambda_iam=1,lambda_sp=0.5,lambda_rec=0"),
+        ("+ L_rec (full ReText)", "lambda_iam=1,lambda_sp=0.5,lambda_rec=0.5"),
+    ],
+    "clip_scgi": [
+        ("CLIP-ReID-style baseline (ID + triplet)", "cgi=0,cff=0"),
+        ("+ CGI", "cgi=1,cff=0"),
+        ("+ CFF", "cgi=0,cff=1"),
+        ("+ CGI + CFF (full CLIP-SCGI)", "cgi=1,cff=1"),
+    ],
+}
 
 
-def run(overrides: str, seed: int, steps: int, cache: str, workroot: str) -> dict:
+def run(config: str, overrides: str, seed: int, steps: int, cache: str, workroot: str) -> dict:
   wd = os.path.join(workroot, f"{abs(hash(overrides))}_{seed}")
   cmd = [sys.executable, "-m", "retext_jax.main",
-         f"--config=configs/retext.py:demo,steps={steps},seed={seed},{overrides}",
+         f"--config=configs/{config}.py:demo,steps={steps},seed={seed},{overrides}",
          f"--workdir={wd}", f"--config.data.cache_dir={cache}",
          f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}"]
   subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,35 +58,45 @@ def run(overrides: str, seed: int, steps: int, cache: str, workroot: str) -> dic
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--config", default="retext", choices=sorted(ROWS))
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   ap.add_argument("--steps", type=int, default=300)
-  ap.add_argument("--rows", type=int, nargs="+", default=list(range(1, len(ROWS) + 1)))
+  ap.add_argument("--rows", type=int, nargs="+")
   ap.add_argument("--cache", default=os.path.expanduser("~/.cache/retext_jax/synthetic"))
-  ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "ablation.json"))
+  ap.add_argument("--out")
   args = ap.parse_args()
+  table = ROWS[args.config]
+  suffix = "" if args.config == "retext" else f"_{args.config}"
+  out = args.out or os.path.join(ROOT, "benchmarks", "results", f"ablation{suffix}.json")
   rows = []
   with tempfile.TemporaryDirectory() as workroot:
-    for i in args.rows:
-      name, overrides = ROWS[i - 1]
-      results = [run(overrides, s, args.steps, args.cache, workroot) for s in args.seeds]
-      final = [r["evals"]["reid"]["synthetic_target"] for r in results]
-      start = [r["initial"]["reid"]["synthetic_target"] for r in results]
+    for i in args.rows or range(1, len(table) + 1):
+      name, overrides = table[i - 1]
+      results = [run(args.config, overrides, s, args.steps, args.cache, workroot)
+                 for s in args.seeds]
+      targets = [t for t in results[0]["evals"]["reid"] if t != "average"]
       row = {"row": i, "name": name, "overrides": overrides, "seeds": args.seeds,
-             "steps": args.steps}
-      for key in ("mAP", "R1"):
-        row[key] = [f[key] for f in final]
-        row[f"{key}_step0"] = [s[key] for s in start]
+             "steps": args.steps, "targets": {}}
+      for t in targets:
+        final = [r["evals"]["reid"][t] for r in results]
+        start = [r["initial"]["reid"][t] for r in results]
+        row["targets"][t] = {"mAP": [f["mAP"] for f in final], "R1": [f["R1"] for f in final],
+                             "mAP_step0": [s["mAP"] for s in start]}
       rows.append(row)
-      print(f"row {i} done: mAP {np.mean(row['mAP']):.3f}", flush=True)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
+      print(f"row {i} done: " + ", ".join(
+          f"{t} mAP {np.mean(v['mAP']):.3f}" for t, v in row["targets"].items()), flush=True)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
     json.dump(rows, f, indent=2)
   pct = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}"
-  print("\n| row | training signals | target mAP (%) | target rank-1 (%) | step-0 mAP (%) |"
-        "\n|---|---|---|---|---|")
+  targets = list(rows[0]["targets"])
+  print("\n| row | training signals | " + " | ".join(
+      f"{t} mAP (%) | {t} R1 (%)" for t in targets) + " | step-0 mAP (%) |")
+  print("|---|---|" + "---|---|" * len(targets) + "---|")
   for r in rows:
-    print(f"| {r['row']} | {r['name']} | {pct(r['mAP'])} | {pct(r['R1'])} "
-          f"| {pct(r['mAP_step0'])} |")
+    cells = " | ".join(f"{pct(v['mAP'])} | {pct(v['R1'])}" for v in r["targets"].values())
+    step0 = " / ".join(pct(v["mAP_step0"]) for v in r["targets"].values())
+    print(f"| {r['row']} | {r['name']} | {cells} | {step0} |")
   print(f"\n{len(args.seeds)} seeds ({args.seeds}), {args.steps} steps each; mean ± std.")
 
 

@@ -5,6 +5,7 @@ torch is test-only (a CPU wheel); tests import these helpers after `pytest.impor
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -79,3 +80,40 @@ def torch_out(model, **inputs) -> dict[str, np.ndarray]:
 
 def max_abs_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _byte_chars():
+  """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2 / CLIP convention)."""
+  printable = (
+      list(range(ord("!"), ord("~") + 1))
+      + list(range(ord("¡"), ord("¬") + 1))
+      + list(range(ord("®"), ord("ÿ") + 1))
+  )
+  table, extra = {}, 0
+  for b in range(256):
+    if b in printable:
+      table[b] = chr(b)
+    else:
+      table[b] = chr(256 + extra)
+      extra += 1
+  return [table[b] for b in range(256)]
+
+
+# Each merge joins two existing tokens; "</w>" marks a word end, as in CLIP's merges.txt.
+_MERGES = [
+    "t h", "th e</w>", "a n", "an d</w>", "i n", "in g</w>", "m a", "ma n</w>",
+    "e r</w>", "o g</w>", "w a", "wa l", "wal k", "walk ing</w>", "r e", "re d</w>",
+]
+
+
+def write_clip_vocab(folder) -> int:
+  """A small byte-level CLIP BPE vocabulary (vocab.json + merges.txt) in `folder`; returns its
+  size (<|endoftext|> is the last id)."""
+  chars = _byte_chars()
+  tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in _MERGES]
+  tokens += ["<|startoftext|>", "<|endoftext|>"]
+  with open(os.path.join(folder, "vocab.json"), "w") as f:
+    json.dump({t: i for i, t in enumerate(tokens)}, f)
+  with open(os.path.join(folder, "merges.txt"), "w") as f:
+    f.write("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+  return len(tokens)

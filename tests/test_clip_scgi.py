@@ -143,3 +143,57 @@ def test_the_baseline_is_the_image_tower_with_id_and_triplet_only():
   assert method.streams == (base.MULTICAM,) and init.tokenizer is None
   assert set(method.predict_fns()) == {base.REID, base.IMAGE_EMBED}
   assert isinstance(method.model, CLIPSCGI)
+
+
+def test_paper_recipe_runs_a_step_on_a_converted_tiny_clip(tmp_path):
+  """The `paper` preset on a random tiny CLIPModel saved by transformers with a CLIP BPE vocab,
+  converted with `python -m retext_jax.tools.convert --kind clip` (nothing downloaded)."""
+  torch = pytest.importorskip("torch")
+  import transformers
+  from encoder_utils import write_clip_vocab
+
+  from retext_jax import optim
+  from retext_jax.models import pretrained
+  from retext_jax.tools import convert
+  from retext_jax.train_step import create_state, make_train_step
+
+  hf = tmp_path / "hf_clip"
+  hf.mkdir()
+  vocab = write_clip_vocab(hf)
+  torch.manual_seed(0)
+  transformers.CLIPModel(transformers.CLIPConfig(
+      text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
+                       bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, image_size=32, patch_size=16),
+      projection_dim=24)).save_pretrained(hf)
+  assert convert.main(["--from", str(hf), "--kind", "clip", "--out", str(tmp_path / "c")]) == 0
+  config = clip_scgi.get_config("paper")
+  with config.unlocked():
+    config.init.clip = str(tmp_path / "c")
+    config.input.image_size = (64, 32)
+    config.model.update(cgi_heads=4, cff_heads=4)
+  init = methods.get("clip_scgi").create(config, base.DataInfo(num_classes=P))
+  method = init.method
+  assert init.tokenizer.kind == "clip" and method.model_config.clip.text.eos_token_id == vocab - 1
+  assert method.model_config.prompt_ids[method.model_config.placeholder] == \
+      init.tokenizer.encode(["x"], 4)[0][0, 1]
+  converted, _ = pretrained.load_converted(tmp_path / "c")
+  variables = method.init_variables(jax.random.key(0))
+  params, report = pretrained.merge(variables["params"], init.pretrained)
+  assert not report["ignored"] and {k.split("/")[0] for k in report["loaded"]} == {
+      "vision", "text", "temperature"}
+  np.testing.assert_array_equal(params["vision"]["patch_embed"]["kernel"],
+                                converted["vision"]["patch_embed"]["kernel"])
+  tx, schedules = optim.make_optimizer(config.optim, 10, method.backbone_keys)
+  state = create_state(method, tx, {**variables, "params": params}, jax.random.key(1))
+  tokens, mask = init.tokenizer.encode(["the man walking in red"] * (P * K), 77)
+  rng = np.random.default_rng(0)
+  batch = {"multicam/image": rng.normal(size=(P * K, 64, 32, 3)).astype(np.float32),
+           "multicam/pid": np.repeat(np.arange(P), K).astype(np.int32),
+           "multicam/camid": np.zeros(P * K, np.int32), "multicam/tokens": tokens,
+           "multicam/token_mask": mask}
+  state, metrics = jax.jit(make_train_step(method, tx, schedules))(state, batch)
+  assert int(state["step"]) == 1 and np.isfinite(float(metrics["loss/total"]))
+  assert {"loss/id", "loss/triplet", "loss/itc", "loss/cff_id"} <= set(metrics)

@@ -10,6 +10,7 @@ import pytest
 from pipeline_utils import make_records
 
 from input_pipeline import eval_pipeline, pipeline
+from retext_jax import errors
 from retext_jax.tokenizers import load_tokenizer
 
 SIZE = (32, 16)
@@ -195,3 +196,24 @@ def test_source_weights_reach_the_batches(data, tmp_path):
   pids = np.concatenate([b["multicam/pid"] for b in _first(it, 40)])
   share, sd = np.mean(pids >= 500), np.sqrt(0.2 * 0.8 / len(pids))  # 160 identity slots
   assert abs(share - 0.2) < 4 * sd, share
+
+
+def test_multicam_captions_are_one_of_each_images_captions(tmp_path, tok):
+  mc = make_records(str(tmp_path / "mcc"), {i: 2 + i % 2 for i in range(8)}, captions=True)
+  ref = _plain_images(mc)
+  encoded = {i: tok.encode(list(r.captions), 16) for i, r in enumerate(mc)}
+  drawn = set()
+  it = pipeline.make_train_iterator([(mc, 1.0)], [], PLAIN, tokenizer=tok, multicam_captions=True)
+  for b in _first(it, 3):
+    assert b["multicam/tokens"].shape == (12, 16) and b["multicam/token_mask"].dtype == np.int32
+    for j in range(12):
+      pos = [i for i, r in ref.items() if np.array_equal(r, b["multicam/image"][j])][0]
+      assert mc[pos].pid == b["multicam/pid"][j]
+      ids = encoded[pos][0]
+      hit = [c for c in range(len(ids)) if np.array_equal(ids[c], b["multicam/tokens"][j])]
+      assert hit, "tokens are not an encoding of one of the image's captions"
+      drawn.add((pos, hit[0]))
+  assert len({c for _, c in drawn}) == 2  # both captions of an image get drawn
+  bare = [dataclasses.replace(mc[0], captions=())] + mc[1:]
+  with pytest.raises(errors.DataError, match="1 of 20 training images have no caption"):
+    pipeline.make_train_iterator([(bare, 1.0)], [], PLAIN, tokenizer=tok, multicam_captions=True)

