@@ -6,7 +6,8 @@
   L_tri: batch-hard triplet on the feature before it (`retext_jax.losses.reid_loss`).
 * L_itc (with CGI): CLIP's symmetric contrastive loss between each image's projected embedding
   and the embedding of its own composed prompt "a photo of a S* person", at CLIP's learned
-  temperature (`losses.itc`). The paper's exact contrastive form is not public.
+  temperature, clamped at 1/100 as CLIP does (`losses.itc`). The paper's exact contrastive
+  form is not public.
 * L_cff (with CFF): ID cross-entropy with label smoothing on CFF's BNNeck output.
 
 Captions (one per image per step, drawn from the image's captions) are read only by CGI; the
@@ -126,7 +127,7 @@ class CLIPSCGIMethod(base.Method):
     metrics = {"loss/id": reid["id"], "loss/triplet": reid["triplet"]}
     total = lc.lambda_id * reid["id"] + lc.lambda_triplet * reid["triplet"]
     if c.cgi:
-      temperature = 1.0 / jnp.exp(out["logit_scale"])
+      temperature = 1.0 / jnp.minimum(jnp.exp(out["logit_scale"]), 100.0)  # CLIP's clamp
       metrics["loss/itc"] = losses.itc(out["image_embedding"], out["prompt_embedding"],
                                        temperature)
       total = total + lc.lambda_itc * metrics["loss/itc"]
