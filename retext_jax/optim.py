@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import jax
 import optax
 from flax import traverse_util
 
@@ -86,6 +85,3 @@ def make_optimizer(cfg: Mapping, total_steps: int, backbone_prefixes: tuple[str,
     tx = optax.chain(optax.clip_by_global_norm(cfg["clip_norm"]), tx)
   return tx, scheds
 
-
-def global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)

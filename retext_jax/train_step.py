@@ -56,8 +56,8 @@ def make_train_step(method: Method, tx: optax.GradientTransformation,
       new_state["ema"] = optax.incremental_update(ema_subtree(method, params), state["ema"],
                                                   step_size=1.0 - method.ema_decay)
     metrics = {**metrics, "loss/total": loss}
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
+    metrics["grad_norm"] = optax.tree_utils.tree_norm(grads)
+    metrics["param_norm"] = optax.tree_utils.tree_norm(params)
     for group, sched in schedules.items():
       metrics[f"lr/{group}"] = sched(state["step"])
     return new_state, metrics
