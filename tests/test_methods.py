@@ -28,7 +28,7 @@ def test_methods_are_chosen_by_name_or_module_path():
     assert methods.get("example_methods.cosface").name == "cosface"
   finally:
     sys.path.remove(TESTS)
-  with pytest.raises(errors.UnknownKeyError, match="built-in methods: retext, bot"):
+  with pytest.raises(errors.UnknownKeyError, match="built-in methods: retext, bot, clip_scgi"):
     methods.get("retxt")
   with pytest.raises(errors.ConfigError, match="defines no METHOD"):
     methods.get("os.path")
