@@ -69,12 +69,14 @@ def load_sources(config) -> Sources:
   multicam, num_classes = disjoint_ids(mc_sets)
   singlecam, num_sc_classes = disjoint_ids(sc_sets)
   cams = max(ds.num_train_cams for ds, _ in mc_sets)
-  return Sources(multicam, singlecam, num_classes, num_sc_classes, cams, load_targets(config))
+  return Sources(multicam, singlecam, num_classes, num_sc_classes, cams,
+                 load_targets(config, root))
 
 
-def load_targets(config) -> dict[str, ReIDDataset]:
-  """The evaluation datasets `config.data.targets` (reads no training source)."""
-  root = data_root(config)
+def load_targets(config, root: str | None = None) -> dict[str, ReIDDataset]:
+  """The evaluation datasets `config.data.targets` (reads no training source); `root` is
+  `data_root(config)` when the caller has it already."""
+  root = root or data_root(config)
   return {name: _read(spec, root, name) for name, spec in sorted(config.data.targets.items())}
 
 

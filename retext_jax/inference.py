@@ -94,7 +94,7 @@ class TrainedModel:
     """The un-jitted `(variables, images) -> Re-ID features` (what `tools.export` serialises:
     only the parameters it reads end up in the artifact)."""
     self._require(base.REID)
-    return self.method.predict_fns()[base.REID]
+    return self.method.offered[base.REID]
 
   def image_features(self, images: np.ndarray) -> np.ndarray:
     """Re-ID retrieval features [B, D], L2-normalised."""
@@ -144,7 +144,7 @@ class TrainedModel:
 
   def _require(self, fn: str) -> None:
     if not self.offers(fn):
-      offered = ", ".join(_WHAT.get(f, f) for f in self.method.predict_fns())
+      offered = ", ".join(_WHAT.get(f, f) for f in self.method.offered)
       raise errors.ConfigError(
           f"the {self.method.name} model in {self.workdir} offers no {_WHAT.get(fn, fn)}; "
           f"it offers: {offered}")

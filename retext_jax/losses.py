@@ -1,8 +1,8 @@
 """ReText losses as pure, jit-able JAX functions (no TensorFlow, no Flax state).
 
-ReText's exact formulas are not public; DESIGN.md section 3 gives our reading and every choice
-made here is documented on the function that makes it. All embeddings are L2-normalised inside the
-matching losses, so callers pass raw projections.
+ReText's exact formulas are not public; `retext_jax/methods/retext/method.py` gives our reading
+and every choice made here is documented on the function that makes it. All embeddings are
+L2-normalised inside the matching losses, so callers pass raw projections.
 
 Conventions: `ids` are integer identity labels; a label of -1 marks an empty queue slot. Every
 loss returns a float32 scalar averaged over the batch (or a dict of scalars for `reid_loss`).

@@ -83,7 +83,8 @@ PROTOCOLS: dict[str, Protocol] = {
                               (Target("ICFG-PEDES", "icfgpedes", "ICFG-PEDES"),)),
     "t2i_rstpreid": Protocol("Text-to-image: RSTPReid", TEXT, ("rstpreid",),
                              (Target("RSTPReid", "rstpreid", "RSTPReid"),)),
-    # The synthetic benchmark (DESIGN.md section 4): roots are under its folder.
+    # The synthetic benchmark (README, "The synthetic pedestrian benchmark"): roots are under
+    # its folder.
     "synthetic": Protocol("Synthetic: source_market + SYNTH-PEDES -> target_market", REID,
                           ("market1501",), (Target("synthetic target", "market1501",
                                                    "target_market"),)),

@@ -139,7 +139,7 @@ def _setup(config, workdir: str) -> _Run:
   init = methods.get(config.method).create(config, sources.info)
   method = init.method
   _check_batch_sizes(config, method.streams, mesh)
-  evals = evaluators.from_config(config, sources.targets, list(method.predict_fns()))
+  evals = evaluators.from_config(config, sources.targets, list(method.offered))
   _check_best_metric(config, evals)
   tx, schedules = optim.make_optimizer(config.optim, config.total_steps, method.backbone_keys)
   state, shardings = init_state(config, method, tx, init.pretrained, mesh)
@@ -226,7 +226,7 @@ def evaluate(config, workdir: str, which: str = "latest") -> dict:
   pretrained init file and builds no optimizer."""
   trained = inference.load(workdir, which)
   evals = evaluators.from_config(config, data.load_targets(config),
-                                 list(trained.method.predict_fns()))
+                                 list(trained.method.offered))
   results = evaluators.evaluate(evals, trained)
   final = {"config_name": config.name, "method": trained.config.get("method", "retext"),
            "step": trained.step,

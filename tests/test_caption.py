@@ -96,9 +96,8 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(bench, vlm, tmp_path):
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  total = len(registry.get_dataset("market1501", f"{bench}/target_market").query) + len(
-      registry.get_dataset("market1501", f"{bench}/target_market").gallery) + len(
-      registry.get_dataset("market1501", f"{bench}/target_market").train)
+  target = registry.get_dataset("market1501", f"{bench}/target_market")
+  total = len(target.train) + len(target.query) + len(target.gallery)
   assert killed.read_bytes().count(b"\n") < total
   subprocess.run([*cmd, "--out", str(killed), "--sidecar", str(tmp_path / "k.json")], cwd=ROOT,
                  env=env, check=True, capture_output=True)

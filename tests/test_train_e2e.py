@@ -1,6 +1,6 @@
 """End-to-end runs of `python -m retext_jax.main` on the tiny synthetic benchmark.
 
-Covers what users count on (DESIGN.md section 7): results, TensorBoard events and checkpoints
+Covers what users count on: results, TensorBoard events and checkpoints
 in the workdir; resume after SIGKILL; a checkpoint on SIGTERM; a checkpoint written on 8
 devices restored on 1; one-line errors for bad config keys, data folders and weights; a NaN loss
 stopping the run with the last good checkpoint intact.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -129,18 +130,22 @@ class Method(abc.ABC):
   def predict_fns(self) -> dict[str, Callable]:
     """{name: fn(variables, *inputs)} among REID, IMAGE_EMBED, TEXT_EMBED, RECONSTRUCT."""
 
+  @functools.cached_property
+  def offered(self) -> dict[str, Callable]:
+    """`predict_fns()`, built once (the evaluators and tools ask for it per batch)."""
+    return self.predict_fns()
+
   def jitted(self, name: str) -> Callable:
-    """`predict_fns()[name]` under jax.jit, compiled once per input shape for this method."""
+    """`offered[name]` under jax.jit, compiled once per input shape for this method."""
     if name not in self._jitted:
-      fns = self.predict_fns()
-      if name not in fns:
-        raise errors.ConfigError(
-            f"the {self.name} model does not offer {name!r} (it offers: {', '.join(fns)})")
-      self._jitted[name] = jax.jit(fns[name])
+      if name not in self.offered:
+        raise errors.ConfigError(f"the {self.name} model does not offer {name!r} (it offers: "
+                                 f"{', '.join(self.offered)})")
+      self._jitted[name] = jax.jit(self.offered[name])
     return self._jitted[name]
 
   def offers(self, name: str) -> bool:
-    return name in self.predict_fns()
+    return name in self.offered
 
   def eval_variables(self, state: Mapping[str, Any], features: str = "student") -> dict:
     """Apply-variables of a train state (or restored subtree); `features="momentum"` swaps the
