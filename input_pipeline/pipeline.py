@@ -8,6 +8,9 @@ part has sources):
   multicam/image      float32 [P*K, H, W, 3]  augmented, normalised; identity-major (K per id)
   multicam/pid        int32   [P*K]
   multicam/camid      int32   [P*K]
+  multicam/record     int32   [P*K]           position of the record in the sources (an identity
+                                              with fewer than K images repeats one: LCR²S's
+                                              support sets tell copies apart by it)
   multicam/tokens     int32   [P*K, L]        with multicam_captions: one caption of each image,
   multicam/token_mask int32   [P*K, L]        drawn per step (CLIP-SCGI)
   singlecam/view1     float32 [B, H, W, 3]    two independently augmented views of one image
@@ -260,6 +263,7 @@ def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
   def load(ex):
     img = load_image(tf.gather(paths, ex["index"]), cfg.image_size)
     return {"image": _train_view(img, ex["seed"], cfg, cfg.erase_prob),
+            "record": tf.cast(ex["index"], tf.int32),
             **{k: ex[k] for k in ("pid", "camid", *text_keys)}}
 
   ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,6 +1,6 @@
-"""ReText losses as pure, jit-able JAX functions (no TensorFlow, no Flax state).
+"""The methods' losses as pure, jit-able JAX functions (no TensorFlow, no Flax state).
 
-ReText's exact formulas are not public; `retext_jax/methods/retext/method.py` gives our reading
+ReText's and LCR²S's exact formulas are not public; each method's `method.py` gives our reading
 and every choice made here is documented on the function that makes it. All embeddings are
 L2-normalised inside the matching losses, so callers pass raw projections.
 
@@ -186,6 +186,25 @@ def sdm(
     return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - log_q), axis=1))
 
   return kl(i2t_logits) + kl(i2t_logits.T)
+
+
+def feature_distillation(student: jax.Array, teacher: jax.Array) -> jax.Array:
+  """LCR²S's intra-modal distillation: mean over rows of the squared distance between the
+  L2-normalised student and teacher features (normalised, so the loss does not depend on
+  the two models' feature scales; the teacher's side carries no gradient)."""
+  diff = l2_normalize(student) - jax.lax.stop_gradient(l2_normalize(teacher))
+  return jnp.mean(jnp.sum(jnp.square(diff), axis=-1))
+
+
+def relation_distillation(student_img: jax.Array, student_txt: jax.Array,
+                          teacher_img: jax.Array, teacher_txt: jax.Array) -> jax.Array:
+  """LCR²S's inter-modal distillation: || S_student - S_teacher ||_F, the Frobenius norm of the
+  difference of the batch's image-text cosine-similarity matrices [B_img, B_txt]. The norm, not
+  its square: its gradient keeps unit size until the two agree, as an L1 loss's does; the sum
+  under the root is floored at 1e-24 so the gradient stays finite where they do."""
+  sim = lambda v, t: l2_normalize(v) @ l2_normalize(t).T
+  diff = sim(student_img, student_txt) - jax.lax.stop_gradient(sim(teacher_img, teacher_txt))
+  return jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(diff)), 1e-24))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Generic over methods (`retext_jax.methods`, chosen by `config.method`): the method builds the
 model, owns the loss and says which streams it reads, which parameters its EMA tracks and which
-are pretrained backbones. `train_and_evaluate(config, workdir)` is the whole run (resumes from
-the workdir if it holds a checkpoint); `evaluate(config, workdir)` rebuilds the model from a
+are pretrained backbones, and whether it trains in stages (a teacher, then a student, each in
+its own workdir). `train_and_evaluate(config, workdir)` is the whole run (every stage resumes
+from its workdir's checkpoints); `evaluate(config, workdir)` rebuilds the model from a
 checkpoint alone (no training data, no init files, no optimizer) and runs `config.evals`.
 """
 
@@ -52,6 +53,13 @@ def init_state(config, method: Method, tx, loaded: dict, mesh):
   shardings = sharding.state_shardings(abstract, mesh, fsdp=config.mesh.fsdp)
   with jax.set_mesh(mesh):
     state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  frozen = method.frozen_state()
+  if frozen:  # placed as they are (not traced into the init function as constants)
+    frozen_shardings = sharding.state_shardings(
+        jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen), mesh,
+        fsdp=config.mesh.fsdp)
+    state = {**state, **jax.device_put(frozen, frozen_shardings)}
+    shardings = {**shardings, **frozen_shardings}
   return state, shardings
 
 
@@ -124,6 +132,11 @@ class _Run:
   ckpt: checkpointing.Checkpointer
   evals: dict
 
+  def saved(self, tree: dict) -> dict:
+    """The checkpointed part of the state (or of its shardings): all but the frozen entries."""
+    frozen = self.method.frozen_state()
+    return {k: v for k, v in tree.items() if k not in frozen}
+
   def evaluate(self, state, step: int) -> dict:
     """`config.evals` on the live state; batches are placed on the mesh like training ones."""
     trained = inference.TrainedModel(
@@ -149,13 +162,38 @@ def _setup(config, workdir: str) -> _Run:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains, evaluates on the targets, writes results.json; returns the final metrics."""
+  """Trains every stage of the method (most have one), evaluates on the targets, writes
+  results.json; returns the last stage's final metrics ({} when stopped by a signal)."""
+  stages = methods.get(config.method).stages(config, workdir)
+  for stage_workdir, stage_config in stages[:-1]:
+    if _finished(stage_config, stage_workdir):
+      logging.info("stage %s is finished (%s/results.json)", stage_config.name, stage_workdir)
+    elif not _train_stage(stage_config, stage_workdir):
+      return {}
+  last_workdir, last_config = stages[-1]
+  return _train_stage(last_config, last_workdir)
+
+
+def _finished(config, workdir: str) -> bool:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    done = json.load(f)
+  return done.get("config_name") == config.name and done.get("step") == config.total_steps
+
+
+def _train_stage(config, workdir: str) -> dict:
+  """One stage: trains (resuming from the workdir's checkpoints), evaluates, writes
+  results.json; returns the final metrics ({} when stopped by a signal)."""
   os.makedirs(workdir, exist_ok=True)
   run = _setup(config, workdir)
   mesh, method, state, shardings, ckpt = run.mesh, run.method, run.state, run.shardings, run.ckpt
   start, initial = ckpt.latest_step() or 0, None
   if start:
-    state, meta = ckpt.restore(checkpointing.abstract_with_shardings(state, shardings), start)
+    restored, meta = ckpt.restore(
+        checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)), start)
+    state = {**state, **restored}
     initial = meta.get("initial")
     logging.info("resumed from %s at step %d", workdir, start)
   if jax.process_index() == 0:
@@ -199,10 +237,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))
         if config.best_metric:
-          ckpt.save_best(step, state, _meta(run, step, results, initial),
+          ckpt.save_best(step, run.saved(state), _meta(run, step, results, initial),
                          {config.best_metric: _headline(results, config.best_metric)})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-        ckpt.save(step, state, _meta(run, step, results, initial))
+        ckpt.save(step, run.saved(state), _meta(run, step, results, initial))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
         break

@@ -50,7 +50,7 @@ def test_keys_shapes_and_dtypes(data, tok):
   n_patch = (32 // 8) * (16 // 8)
   expected = {
       "multicam/image": ((12, *SIZE, 3), np.float32), "multicam/pid": ((12,), np.int32),
-      "multicam/camid": ((12,), np.int32),
+      "multicam/camid": ((12,), np.int32), "multicam/record": ((12,), np.int32),
       "singlecam/view1": ((6, *SIZE, 3), np.float32), "singlecam/view2": ((6, *SIZE, 3),
                                                                          np.float32),
       "singlecam/pid": ((6,), np.int32), "singlecam/tokens": ((6, 16), np.int32),
@@ -69,10 +69,11 @@ def test_pk_batches_and_images_belong_to_their_identity(data):
     assert not any(k.startswith("singlecam/") for k in b)
     pids = b["multicam/pid"].reshape(4, 3)
     assert np.all(pids == pids[:, :1]) and len(set(pids[:, 0])) == 4
-    for img, pid, cam in zip(b["multicam/image"], b["multicam/pid"], b["multicam/camid"],
-                             strict=True):
+    for img, pid, cam, rec in zip(b["multicam/image"], b["multicam/pid"], b["multicam/camid"],
+                                  b["multicam/record"], strict=True):
       pos = [i for i, r in ref.items() if np.array_equal(r, img)]
       assert pos and mc[pos[0]].pid == pid and mc[pos[0]].camid == cam
+      assert np.array_equal(ref[int(rec)], img)  # the record key names the image's record
 
 
 def test_caption_tokens_patch_masks_and_views(data, tok):

@@ -15,7 +15,7 @@ from retext_jax.methods.base import DataInfo, Init, Method
 
 __all__ = ["DataInfo", "Init", "Method", "get"]
 
-BUILT_IN = ("retext", "bot", "clip_scgi")
+BUILT_IN = ("retext", "bot", "clip_scgi", "irra", "lcr2s")
 
 
 def get(name: str) -> type[Method]:

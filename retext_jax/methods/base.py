@@ -8,9 +8,9 @@ test time, in the spirit of scenic's `BaseModel`. It is built two ways:
 * `restore(config, model_dict)` from a checkpoint's metadata: reads nothing else, so a workdir
   works after the training data and the init files are gone.
 
-The trainer (`retext_jax.train`) names no method: it calls `init_variables`, `extra_state`,
-`loss_fn`, reads `ema_keys` / `ema_decay` / `backbone_keys` / `streams`, and evaluates through
-`predict_fns`. Imports without TensorFlow.
+The trainer (`retext_jax.train`) names no method: it calls `stages`, `init_variables`,
+`extra_state`, `frozen_state`, `loss_fn`, reads `ema_keys` / `ema_decay` / `backbone_keys` /
+`streams`, and evaluates through `predict_fns`. Imports without TensorFlow.
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ class Method(abc.ABC):
     """The method described by a checkpoint's metadata (no data, no init files)."""
     return cls(config, cls.model_config_cls.from_dict(dict(model_dict)))
 
+  @classmethod
+  def stages(cls, config: Mapping[str, Any], workdir: str) -> list[tuple[str, Any]]:
+    """(workdir, config) of each training stage, run in order by one command (LCR²S: teacher,
+    then student). Each stage resumes from its own checkpoints; a finished one is skipped."""
+    return [(workdir, config)]
+
   @abc.abstractmethod
   def make_module(self):
     """The Flax module for `self.model_config` and `self.config.model.dtype`."""
@@ -116,6 +122,11 @@ class Method(abc.ABC):
 
   def extra_state(self) -> dict:
     """Train-state entries beyond params/batch_stats/ema/opt_state (e.g. a feature queue)."""
+    return {}
+
+  def frozen_state(self) -> dict:
+    """Train-state entries the loss reads but nothing updates or checkpoints (a frozen teacher
+    read from its own workdir by `create`, again on resume); host arrays."""
     return {}
 
   @abc.abstractmethod

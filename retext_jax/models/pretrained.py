@@ -26,7 +26,7 @@ from absl import logging
 from flax import traverse_util
 
 from retext_jax import errors, tokenizers
-from retext_jax.models import bert, vit, weights
+from retext_jax.models import bert, clip, vit, weights
 
 KINDS = ("vit", "bert", "clip")  # modules of retext_jax.models with convert_checkpoint
 CONFIG_FILE = "model_config.json"
@@ -166,6 +166,19 @@ def text_encoder(path: str) -> tuple[bert.BertConfig, dict, tokenizers.TextToken
   else:
     params, cfg = bert.convert_checkpoint(path)
   return cfg, params, tokenizers.load_tokenizer(path, "bert")
+
+
+def clip_model(path: str) -> tuple[dict, clip.CLIPConfig, tokenizers.TextTokenizer]:
+  """(params, config, tokenizer) of `config.init.clip`: a converted folder or an HF one."""
+  if is_converted(path):
+    params, cfg = load_converted(path)
+    if not isinstance(cfg, clip.CLIPConfig):
+      raise errors.ConfigError(f"config.init.clip={path} holds a {type(cfg).__name__}")
+  elif os.path.isdir(path):
+    params, cfg = clip.load_clip(path)
+  else:
+    raise _missing("CLIP model (config.init.clip)", path)
+  return params, cfg, tokenizers.load_tokenizer(path, "clip")
 
 
 def merge(init: Mapping[str, Any], loaded: Mapping[str, Any]) -> tuple[dict, dict[str, list]]:

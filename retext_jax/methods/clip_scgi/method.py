@@ -20,7 +20,6 @@ depth, loss weights, the retrieved feature) are config keys (`configs/clip_scgi.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax.numpy as jnp
 
@@ -69,19 +68,10 @@ class CLIPSCGIMethod(base.Method):
     m = config.model
     cams = data.num_cameras if m.camera_embedding else 0
     if config.init.clip:  # a converted (or HF) CLIP folder: its towers and its tokenizer
-      path = config.init.clip
-      if pretrained.is_converted(path):
-        params, ccfg = pretrained.load_converted(path)
-        if not isinstance(ccfg, clip.CLIPConfig):
-          raise errors.ConfigError(f"config.init.clip={path} holds a {type(ccfg).__name__}")
-      elif os.path.isdir(path):
-        params, ccfg = clip.load_clip(path)
-      else:
-        raise errors.MissingFileError(f"config.init.clip={path} does not exist")
+      params, ccfg, tokenizer = pretrained.clip_model(config.init.clip)
       vision = dataclasses.replace(ccfg.vision, stride=m.stride, drop_path_rate=m.drop_path,
                                    num_cameras=cams)
       ccfg = dataclasses.replace(ccfg, vision=vision)
-      tokenizer = tokenizers.load_tokenizer(path, "clip")
       loaded = {"vision": params["vision"], "text": params["text"],
                 "temperature": {"logit_scale": params["logit_scale"]}}
     else:
