@@ -21,6 +21,8 @@ from retext_jax import errors, protocols
 # Image Re-ID protocols with real sources (retext_jax/protocols.py): what `protocol=` may name.
 TRAINING_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
                            if p.task == protocols.REID and not n.startswith("synthetic"))
+TEXT_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
+                       if p.task == protocols.TEXT and not n.startswith("synthetic"))
 
 # Short override names every method accepts (`configs/bot.py:demo,steps=300,lr=1e-3`).
 SHORT = {
@@ -142,19 +144,24 @@ def synthetic_tiny(c: ml_collections.ConfigDict) -> None:
   c.optim.update(warmup_steps=2)
 
 
-def protocol_data(c: ml_collections.ConfigDict, captions: dict | None = None) -> None:
-  """Fills empty `data.sources` / `data.targets` from `c.protocol` (plus a captioned source).
+def protocol_data(c: ml_collections.ConfigDict, captions: dict | None = None,
+                  task: str = protocols.REID) -> None:
+  """Fills empty `data.sources` / `data.targets` from `c.protocol`, a protocol of `task` (plus
+  a captioned source). A dataset that is both source and target (supervised and text-to-image
+  protocols) is read from the same folder.
 
   Targets with several splits are evaluated during training on split 0; evaluate_protocol
   averages all splits afterwards."""
-  if c.protocol not in TRAINING_PROTOCOLS:
+  known = TRAINING_PROTOCOLS if task == protocols.REID else TEXT_PROTOCOLS
+  if c.protocol not in known:
     raise errors.ConfigError(f"unknown protocol {c.protocol!r}; expected one of "
-                             f"{', '.join(TRAINING_PROTOCOLS)}")
+                             f"{', '.join(known)}")
   if c.data.sources or c.data.synthetic_preset:
     return
   proto = protocols.get(c.protocol)
   options = {"combineall": True} if proto.combineall else {}
-  c.data.sources = {s: source(s, s, "multicam", **options) for s in proto.sources}
+  roots = {t.reader: t.root for t in proto.targets}
+  c.data.sources = {s: source(s, roots.get(s, s), "multicam", **options) for s in proto.sources}
   if captions:
     c.data.sources.update(captions)
   c.data.targets = {t.reader: target(t.reader, t.root) for t in proto.targets}

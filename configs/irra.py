@@ -34,12 +34,10 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
-from retext_jax import errors, protocols
+from retext_jax import protocols
 
 SHORT = {**common.SHORT, "towers": "model.towers", "temperature": "loss.temperature",
          "lambda_itc": "loss.lambda_itc"}
-TEXT_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
-                       if p.task == protocols.TEXT and not n.startswith("synthetic"))
 
 
 def base_config(name: str = "irra", method: str = "irra") -> ml_collections.ConfigDict:
@@ -101,16 +99,7 @@ PRESETS = {"paper": base_config, "demo": demo_config, "tiny": tiny_config}
 
 
 def text_protocol_data(c: ml_collections.ConfigDict) -> None:
-  """Fills empty `data.sources` / `data.targets` from a text-to-image `c.protocol`."""
-  if c.protocol not in TEXT_PROTOCOLS:
-    raise errors.ConfigError(f"unknown text-to-image protocol {c.protocol!r}; expected one of "
-                             f"{', '.join(TEXT_PROTOCOLS)}")
-  if c.data.sources or c.data.synthetic_preset:
-    return
-  proto = protocols.get(c.protocol)
-  c.data.sources = {s: common.source(s, t.root, "multicam")
-                    for s, t in zip(proto.sources, proto.targets, strict=True)}
-  c.data.targets = {t.reader: common.target(t.reader, t.root) for t in proto.targets}
+  common.protocol_data(c, task=protocols.TEXT)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -117,3 +117,22 @@ def write_clip_vocab(folder) -> int:
   with open(os.path.join(folder, "merges.txt"), "w") as f:
     f.write("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
   return len(tokens)
+
+
+def save_tiny_clip(folder) -> int:
+  """A random tiny `CLIPModel` (32x32 images, one block per tower, projection 24) with the CLIP
+  BPE vocabulary of `write_clip_vocab`, written with save_pretrained; returns the vocab size."""
+  import torch
+  import transformers
+
+  os.makedirs(folder, exist_ok=True)
+  vocab = write_clip_vocab(folder)
+  torch.manual_seed(0)
+  transformers.CLIPModel(transformers.CLIPConfig(
+      text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
+                       bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, image_size=32, patch_size=16),
+      projection_dim=24)).save_pretrained(folder)
+  return vocab

@@ -148,9 +148,8 @@ def test_the_baseline_is_the_image_tower_with_id_and_triplet_only():
 def test_paper_recipe_runs_a_step_on_a_converted_tiny_clip(tmp_path):
   """The `paper` preset on a random tiny CLIPModel saved by transformers with a CLIP BPE vocab,
   converted with `python -m retext_jax.tools.convert --kind clip` (nothing downloaded)."""
-  torch = pytest.importorskip("torch")
-  import transformers
-  from encoder_utils import write_clip_vocab
+  pytest.importorskip("torch")
+  from encoder_utils import save_tiny_clip
 
   from retext_jax import optim
   from retext_jax.models import pretrained
@@ -158,16 +157,7 @@ def test_paper_recipe_runs_a_step_on_a_converted_tiny_clip(tmp_path):
   from retext_jax.train_step import create_state, make_train_step
 
   hf = tmp_path / "hf_clip"
-  hf.mkdir()
-  vocab = write_clip_vocab(hf)
-  torch.manual_seed(0)
-  transformers.CLIPModel(transformers.CLIPConfig(
-      text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
-                       bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, image_size=32, patch_size=16),
-      projection_dim=24)).save_pretrained(hf)
+  vocab = save_tiny_clip(hf)
   assert convert.main(["--from", str(hf), "--kind", "clip", "--out", str(tmp_path / "c")]) == 0
   config = clip_scgi.get_config("paper")
   with config.unlocked():

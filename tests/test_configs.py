@@ -1,5 +1,5 @@
-"""configs/retext.py and configs/bot.py: presets, short overrides, the protocol table they train
-on, and one-line user errors for typos."""
+"""configs/retext.py, configs/bot.py and configs/lcr2s.py: presets, short overrides, the
+protocol table they train on, and one-line user errors for typos."""
 
 import pytest
 
@@ -59,3 +59,16 @@ def test_bot_presets_share_the_retext_demo_data_without_captions():
   c = bot.get_config("paper,protocol=m_to_ms,stride=12,camera=1")
   assert list(c.data.sources) == ["market1501"] and list(c.data.targets) == ["msmt17"]
   assert c.model.stride == 12 and c.model.camera_embedding is True
+
+
+@pytest.mark.parametrize("name", common.TEXT_PROTOCOLS)
+def test_text_protocols_train_and_test_on_the_same_folder(name):
+  from configs import lcr2s
+
+  c = lcr2s.get_config(f"paper,protocol={name}")
+  target = protocols.get(name).targets[0]
+  assert [(s["reader"], s["root"], s["part"]) for s in c.data.sources.values()] == [
+      (target.reader, target.root, "multicam")]
+  assert c.data.targets[target.reader].to_dict() == common.target(target.reader, target.root)
+  with pytest.raises(errors.ConfigError, match="t2i_cuhkpedes"):
+    lcr2s.get_config("paper,protocol=p2_m")

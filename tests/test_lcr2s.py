@@ -237,23 +237,13 @@ def _hf_towers(tmp_path, towers: str) -> list[str]:
   """Random tiny towers written by transformers' save_pretrained; the config flags that use
   them."""
   pytest.importorskip("torch")
-  import transformers
-  from encoder_utils import save_tiny_bert, save_tiny_vit, write_clip_vocab
+  from encoder_utils import save_tiny_bert, save_tiny_clip, save_tiny_vit
 
   from retext_jax.models import pretrained
 
   if towers == "clip":
-    hf = tmp_path / "hf_clip"
-    hf.mkdir()
-    vocab = write_clip_vocab(hf)
-    transformers.CLIPModel(transformers.CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
-                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4, image_size=32, patch_size=16),
-        projection_dim=24)).save_pretrained(hf)
-    return [f"--config.init.clip={hf}", "--config.model.fusion_heads=4"]
+    save_tiny_clip(tmp_path / "hf_clip")
+    return [f"--config.init.clip={tmp_path / 'hf_clip'}", "--config.model.fusion_heads=4"]
   save_tiny_vit(tmp_path / "hf_vit")
   save_tiny_bert(tmp_path / "hf_bert", vocab_size=30522)
   shutil.copy(os.path.join(pretrained.minilm_path(), "vocab.txt"), tmp_path / "hf_bert")
