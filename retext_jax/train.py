@@ -254,7 +254,7 @@ def _train_stage(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(final, f, indent=2)
-  print(f"[{config.name}] step {step}: {_summary(results)}")
+  print(f"[{config.name}] step {step}: {_summary(results, SCALARS)}")
   return final
 
 
@@ -272,13 +272,14 @@ def evaluate(config, workdir: str, which: str = "latest") -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:
       json.dump(final, f, indent=2)
-  print(f"[{config.name}] checkpoint step {trained.step}: {_summary(results)}")
+  print(f"[{config.name}] checkpoint step {trained.step}: {_summary(results, SCALARS)}")
   return final
 
 
-def _summary(results: dict) -> str:
+def _summary(results: dict, keys: tuple[str, ...] = ("R1", "mAP", "mINP")) -> str:
+  """One line of metrics per evaluator and target; the final lines print all of SCALARS."""
   return "; ".join(
-      f"{e}/{t}: R1 {r['R1']:.1%} mAP {r['mAP']:.1%} mINP {r['mINP']:.1%}"
+      f"{e}/{t}: " + " ".join(f"{k} {r[k]:.1%}" for k in keys)
       for e, targets in results.items() for t, r in targets.items()
   )
 
