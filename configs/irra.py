@@ -12,7 +12,8 @@ Presets (`--config=configs/irra.py:PRESET[,key=value,...]`):
 
     python -m retext_jax.main --config=configs/irra.py:demo --workdir=workdirs/irra
 
-  Measured on 2 CPU cores: see the README's LCR²S table (the baseline row).
+  Measured on 2 CPU cores: 3 min 40 s (180 steps); text-to-image R1 29.4 %, mAP 39.0 %
+  (untrained: 5.9 %, 10.5 %). Over 3 seeds: the README's LCR²S table.
 
 * `tiny` - a few steps on the tiny synthetic benchmark, for tests.
 * default (`paper`) - IRRA's recipe as far as it applies: CLIP ViT-B/16 + CLIP text
