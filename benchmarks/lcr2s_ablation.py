@@ -54,7 +54,6 @@ def with_support_sets(teacher_dir: str, cache: str) -> dict:
   samples of its identity (the oracle support sets)."""
   import jax
 
-  from input_pipeline import eval_pipeline
   from retext_jax import data, evaluation, evaluators, inference
   from retext_jax.linalg import l2_normalize
   from retext_jax.methods.lcr2s.model import LCR2S
@@ -68,12 +67,8 @@ def with_support_sets(teacher_dir: str, cache: str) -> dict:
   embed_image = jax.jit(lambda x: model.apply(variables, x, method=LCR2S.embed_image))
   embed_text = jax.jit(lambda t, m: model.apply(variables, t, m, method=LCR2S.embed_text))
   gallery = evaluators.Features.of(embed_image, dataset.test, data.input_config(config), 64)
-  text, text_pids = [], []
-  for b in eval_pipeline.make_text_eval_iterator(gallery.records, teacher.tokenizer,
-                                                 config.input.max_text_len, 64):
-    text.append(np.asarray(embed_text(b["tokens"], b["token_mask"]))[b["valid"]])
-    text_pids.append(b["pid"][b["valid"]])
-  text, text_pids = np.concatenate(text), np.concatenate(text_pids)
+  text, text_pids = evaluators.caption_embeddings(embed_text, gallery.records, teacher.tokenizer,
+                                                  config.input.max_text_len, 64, TARGET)
 
   def fused(emb, pids, fuse):
     same = pids[:, None] == pids[None, :]  # the sample itself and its identity's others
@@ -82,9 +77,7 @@ def with_support_sets(teacher_dir: str, cache: str) -> dict:
   g = fused(gallery.feats, gallery.pids, LCR2S.fuse_image)
   q = fused(text, text_pids, LCR2S.fuse_text)
   res = evaluation.evaluate_text_to_image(q @ g.T, text_pids, gallery.pids, max_rank=50)
-  cmc = res["cmc"]
-  return {**{f"R{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)},
-          "mAP": float(res["mAP"]), "mINP": float(res["mINP"])}
+  return evaluators.scalars(evaluators.summary(res, len(q), len(g)))
 
 
 def main() -> None:

@@ -101,7 +101,8 @@ class FeatureCache:
                     np.asarray([r.pid for r in kept]), np.asarray([r.camid for r in kept]), kept)
 
 
-def _summary(res: dict, num_query: int, num_gallery: int) -> dict[str, Any]:
+def summary(res: dict, num_query: int, num_gallery: int) -> dict[str, Any]:
+  """SCALARS (CMC at 1/5/10, clamped to the gallery size), the CMC curve and the sizes."""
   cmc = res["cmc"]
   out = {f"R{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
   return {**out, "mAP": float(res["mAP"]), "mINP": float(res["mINP"]), "cmc": cmc.tolist(),
@@ -120,26 +121,33 @@ def reid_metrics(embed: FeatureCache, dataset, rerank: bool = False, max_rank: i
   else:
     res = evaluation.evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids,
                                        max_rank)
-  return _summary(res, len(q.pids), len(g.pids))
+  return summary(res, len(q.pids), len(g.pids))
+
+
+def caption_embeddings(embed_tokens: Callable[[np.ndarray, np.ndarray], np.ndarray], records,
+                       tokenizer, max_len: int, batch_size: int, what: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """(embeddings, pids) of every caption of `records`, through `embed_tokens(tokens, mask)`."""
+  from input_pipeline import eval_pipeline
+
+  q, q_pids = [], []
+  for b in eval_pipeline.make_text_eval_iterator(records, tokenizer, max_len, batch_size):
+    q.append(np.asarray(embed_tokens(b["tokens"], b["token_mask"]))[b["valid"]])
+    q_pids.append(b["pid"][b["valid"]])
+  if not q:
+    raise errors.DataError(f"{what}: no test image has a caption")
+  return np.concatenate(q), np.concatenate(q_pids)
 
 
 def text_metrics(embed: FeatureCache, dataset, max_rank: int = 50) -> dict[str, Any]:
   """Every caption of the test split queries every test image (IRRA's protocol)."""
-  from input_pipeline import eval_pipeline
-
   trained = embed.trained
   g = embed(dataset.test, f"{dataset.name} images")
-  q, q_pids = [], []
-  for b in eval_pipeline.make_text_eval_iterator(g.records, trained.tokenizer,
-                                                 trained.config.input.max_text_len,
-                                                 embed.batch_size):
-    q.append(trained.token_embeddings(b["tokens"], b["token_mask"])[b["valid"]])
-    q_pids.append(b["pid"][b["valid"]])
-  if not q:
-    raise errors.DataError(f"{dataset.name}: no test image has a caption")
-  q, q_pids = np.concatenate(q), np.concatenate(q_pids)
+  q, q_pids = caption_embeddings(trained.token_embeddings, g.records, trained.tokenizer,
+                                 trained.config.input.max_text_len, embed.batch_size,
+                                 dataset.name)
   res = evaluation.evaluate_text_to_image(q @ g.feats.T, q_pids, g.pids, max_rank=max_rank)
-  return _summary(res, len(q_pids), len(g.pids))
+  return summary(res, len(q_pids), len(g.pids))
 
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
