@@ -168,8 +168,11 @@ def text_encoder(path: str) -> tuple[bert.BertConfig, dict, tokenizers.TextToken
   return cfg, params, tokenizers.load_tokenizer(path, "bert")
 
 
-def clip_model(path: str) -> tuple[dict, clip.CLIPConfig, tokenizers.TextTokenizer]:
-  """(params, config, tokenizer) of `config.init.clip`: a converted folder or an HF one."""
+def clip_model(path: str, model_cfg: Mapping[str, Any], num_cameras: int = 0
+               ) -> tuple[dict, clip.CLIPConfig, tokenizers.TextTokenizer]:
+  """(params, config, tokenizer) of `config.init.clip`: a converted folder or an HF one. The
+  vision tower takes `config.model`'s training-time options (stride, stochastic depth, camera
+  embedding): they are ours, not the checkpoint's."""
   if is_converted(path):
     params, cfg = load_converted(path)
     if not isinstance(cfg, clip.CLIPConfig):
@@ -178,7 +181,9 @@ def clip_model(path: str) -> tuple[dict, clip.CLIPConfig, tokenizers.TextTokeniz
     params, cfg = clip.load_clip(path)
   else:
     raise _missing("CLIP model (config.init.clip)", path)
-  return params, cfg, tokenizers.load_tokenizer(path, "clip")
+  vision = dataclasses.replace(cfg.vision, stride=model_cfg["stride"],
+                               drop_path_rate=model_cfg["drop_path"], num_cameras=num_cameras)
+  return params, dataclasses.replace(cfg, vision=vision), tokenizers.load_tokenizer(path, "clip")
 
 
 def merge(init: Mapping[str, Any], loaded: Mapping[str, Any]) -> tuple[dict, dict[str, list]]:

@@ -19,8 +19,6 @@ depth, loss weights, the retrieved feature) are config keys (`configs/clip_scgi.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 from retext_jax import errors, losses, tokenizers
@@ -68,10 +66,7 @@ class CLIPSCGIMethod(base.Method):
     m = config.model
     cams = data.num_cameras if m.camera_embedding else 0
     if config.init.clip:  # a converted (or HF) CLIP folder: its towers and its tokenizer
-      params, ccfg, tokenizer = pretrained.clip_model(config.init.clip)
-      vision = dataclasses.replace(ccfg.vision, stride=m.stride, drop_path_rate=m.drop_path,
-                                   num_cameras=cams)
-      ccfg = dataclasses.replace(ccfg, vision=vision)
+      params, ccfg, tokenizer = pretrained.clip_model(config.init.clip, m, cams)
       loaded = {"vision": params["vision"], "text": params["text"],
                 "temperature": {"logit_scale": params["logit_scale"]}}
     else:

@@ -20,8 +20,6 @@ serves, does not use it. Test-time retrieval: cosine similarity of the normalise
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
@@ -39,9 +37,8 @@ def towers(config, data: base.DataInfo) -> tuple[dict, dict, object]:
     if not config.init.clip:
       raise errors.ConfigError("config.model.towers='clip' needs config.init.clip (a converted "
                                "or Hugging Face CLIP folder)")
-    params, ccfg, tokenizer = pretrained.clip_model(config.init.clip)
-    vision = dataclasses.replace(ccfg.vision, stride=m.stride, drop_path_rate=m.drop_path)
-    fields = {"clip": dataclasses.replace(ccfg, vision=vision)}
+    params, ccfg, tokenizer = pretrained.clip_model(config.init.clip, m)
+    fields = {"clip": ccfg}
     loaded = {"image_encoder": params["vision"], "text_encoder": params["text"]}
   elif m.towers == "vit_bert":
     if not config.init.text:
