@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from input_pipeline.registry import get_dataset  # noqa: E402
 from input_pipeline.synthetic import render_benchmark  # noqa: E402
 from input_pipeline.synthetic.captions import mentioned_colours  # noqa: E402
+from retext_jax.evaluators import raw_pixels  # noqa: E402
 
 
 def _load(paths: list[str]) -> np.ndarray:
@@ -43,13 +44,6 @@ def colour_histogram(images: np.ndarray, stripes: int = 1, bins: int = 8) -> np.
     hist = np.stack([np.bincount(b, minlength=bins**3) for b in band]).astype(np.float32)
     feats.append(np.sqrt(hist / hist.sum(1, keepdims=True)))
   return np.concatenate(feats, 1)
-
-
-def raw_pixels(images: np.ndarray, size: tuple[int, int] = (16, 32)) -> np.ndarray:
-  """Downsampled pixels, each image centred on its own mean (removes global exposure)."""
-  small = np.stack([np.asarray(Image.fromarray((im * 255).astype(np.uint8)).resize(
-      size, Image.Resampling.BOX), np.float32) for im in images]).reshape(len(images), -1)
-  return small - small.mean(1, keepdims=True)
 
 
 def attribute_oracle(paths: list[str], root: str) -> np.ndarray:
@@ -117,7 +111,8 @@ def evaluate_domain(root: str) -> dict[str, dict[str, float]]:
       "colour histogram (global)": lambda im, _: colour_histogram(im, 1),
       "colour histogram (6 stripes)": lambda im, _: colour_histogram(im, 6),
       "colour histogram (centre half)": lambda im, _: colour_histogram(im[:, :, 32:96], 6),
-      "raw pixels 32x16": lambda im, _: raw_pixels(im),
+      # the same feature the trainer scores with config.eval.pixel_baseline (its metrics are ours)
+      "raw pixels 32x16": lambda _, paths: np.stack([raw_pixels(p) for p in paths]),
       "attribute oracle": lambda _, paths: attribute_oracle(paths, root),
   }
   results = {}

@@ -20,7 +20,8 @@ Presets (`--config=configs/bot.py:PRESET[,key=value,...]`):
       --config.data.root=/data/reid --config.init.image=/ckpt/vit_b16
 
 Overrides: steps, batch (P), k, lr, seed, protocol, stride (16 = no overlap; 12 = TransReID's
-overlapping patches), camera (1 = camera embedding), e.g. `configs/bot.py:demo,stride=12`.
+overlapping patches, with the patch embedding), camera (1 = camera embedding), e.g.
+`configs/bot.py,stride=12`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def demo_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.name = "bot_demo"
   common.synthetic_demo(c, captions=False)
+  common.from_scratch_vit_recipe(c)  # the ReText demo's recipe, so the two compare
   return c
 
 

@@ -70,6 +70,7 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       multicam_p=16,  # identities per multi-camera batch
       multicam_k=4,  # images per identity
       hflip_prob=0.5, pad=10, erase_prob=0.5, color_jitter=(0.0, 0.0, 0.0, 0.0),
+      camera_jitter=0.0,  # random per-channel colour cast, exposure, gamma, contrast (augment.py)
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
       image_check="header",  # "exists" | "header" | "decode": how hard to look for bad files
       on_bad_image="skip",  # or "error"
@@ -82,6 +83,7 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       depth=0,  # number of blocks; 0 = the named size's (12 for tiny/small/base)
       patch=16,
       stride=16,  # < patch gives TransReID's overlapping patches
+      stem="patch",  # "patch" embedding, or "conv": stacked 3x3 convolutions (from scratch only)
       drop_path=0.1,
       camera_embedding=False,  # TransReID's side-information embedding of the camera id
       dtype="float32",  # "bfloat16" on accelerators; params stay float32
@@ -101,6 +103,7 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       name="adamw", lr=3.5e-5, head_lr_mult=10.0, weight_decay=0.05,
       warmup_steps=1_000, clip_norm=1.0, b1=0.9, b2=0.999, end_factor=0.01,
       freeze="",  # regex of parameter paths kept fixed, e.g. "text_encoder/word_embeddings"
+      lr_mults={},  # {parameter path prefix: lr multiplier}, e.g. {"text_encoder": 0.1}
   )
 
   c.mesh = dict(fsdp=False, num_devices=0)  # 0 = all devices
@@ -108,6 +111,7 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       features="student",  # "student" | "momentum" (the EMA copy, for methods that keep one)
       neck="after",  # Re-ID feature "after" the BNNeck (BoT) or "before" it
       max_rank=50,
+      pixel_baseline=False,  # also score raw 32x16 pixels on the image Re-ID targets at the end
   )
   # retext_jax.evaluators: name -> dict(type="reid" | "text", targets=(names in data.targets;
   # empty = all), optional=False (True: skipped when the model cannot serve it), options of the
@@ -131,6 +135,16 @@ def synthetic_demo(c: ml_collections.ConfigDict, captions: bool) -> None:
   c.input.update(image_size=(128, 64), multicam_p=8, multicam_k=4, eval_batch=64)
   c.model.update(vit="tiny", depth=6, patch=16, stride=16, drop_path=0.0)
   c.optim.update(lr=5e-4, head_lr_mult=1.0, warmup_steps=50)
+  c.eval.pixel_baseline = True
+
+
+def from_scratch_vit_recipe(c: ml_collections.ConfigDict) -> None:
+  """What lets the demo's ViT-Ti learn from a few thousand images in 400 CPU steps (measured by
+  benchmarks/learning_curves.py): early convolutions instead of the 16x16 patch embedding, and a
+  random camera response (colour cast, exposure, gamma, contrast) per training image. For
+  methods whose image tower is the config's ViT (retext, bot)."""
+  c.model.stem = "conv"
+  c.input.camera_jitter = 0.2
 
 
 def synthetic_tiny(c: ml_collections.ConfigDict) -> None:

@@ -75,6 +75,23 @@ def color_jitter(img: tf.Tensor, seed: tf.Tensor, brightness: float = 0.0,
   return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
+def camera_response(img: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+  """A random camera response on a [0, 255] image: per-channel gain (colour cast) times an
+  exposure gain, both U(1 - s, 1 + s), then gamma exp(U(-s, s)) and contrast U(1 - s, 1 + s)
+  about mid-grey. What another camera network's sensors and lighting do to the same person;
+  unlike torchvision's ColorJitter it tints channels independently. `strength` s = 0: off."""
+  if strength <= 0:
+    return img
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  s = strength
+  gain = (tf.random.stateless_uniform([3], seeds[0], 1 - s, 1 + s)
+          * tf.random.stateless_uniform([], seeds[1], 1 - s, 1 + s))
+  x = tf.clip_by_value(img / 255.0 * gain, 0.0, 1.0)
+  x = x ** tf.exp(tf.random.stateless_uniform([], seeds[2], -s, s))
+  x = (x - 0.5) * tf.random.stateless_uniform([], seeds[3], 1 - s, 1 + s) + 0.5
+  return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
 def normalize(img: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
   """[0, 255] -> (x / 255 - mean) / std per channel."""

@@ -65,6 +65,8 @@ class InputConfig:
     singlecam_erase_prob: random erasing of the captioned views; off by default because erased
       pixels would become targets of the masked reconstruction.
     color_jitter: (brightness, contrast, saturation, hue) factors, torchvision semantics; 0 = off.
+    camera_jitter: strength of augment.camera_response (per-channel colour cast, exposure, gamma,
+      contrast); 0 = off.
     multicam_p, multicam_k: identities per global batch and images per identity.
     singlecam_batch_size: captioned images per global batch.
     max_text_len: token length L (truncate / pad).
@@ -89,6 +91,7 @@ class InputConfig:
   erase_fill: str = "mean"
   singlecam_erase_prob: float = 0.0
   color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+  camera_jitter: float = 0.0
   multicam_p: int = 16
   multicam_k: int = 4
   singlecam_batch_size: int = 64
@@ -119,6 +122,7 @@ class InputConfig:
         "erase_aspect": 0 < self.erase_aspect[0] <= self.erase_aspect[1],
         "erase_fill": self.erase_fill in augment.ERASE_FILLS,
         "color_jitter": len(self.color_jitter) == 4 and all(c >= 0 for c in self.color_jitter),
+        "camera_jitter": 0 <= self.camera_jitter < 1,
         "multicam_p": self.multicam_p >= 1,
         "multicam_k": self.multicam_k >= 1,
         "singlecam_batch_size": self.singlecam_batch_size >= 1,
@@ -183,8 +187,11 @@ def _train_view(img: tf.Tensor, seed: tf.Tensor, cfg: InputConfig, erase_prob: f
   seeds = tf.random.experimental.stateless_split(seed, 4)
   img = augment.random_flip(img, seeds[0], cfg.hflip_prob)
   img = augment.pad_and_crop(img, seeds[1], cfg.pad)
-  if any(cfg.color_jitter):
-    img = augment.color_jitter(img, seeds[2], *cfg.color_jitter)
+  if any(cfg.color_jitter) or cfg.camera_jitter:
+    jitter_seed, camera_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[2], 2))
+    if any(cfg.color_jitter):
+      img = augment.color_jitter(img, jitter_seed, *cfg.color_jitter)
+    img = augment.camera_response(img, camera_seed, cfg.camera_jitter)
   img = augment.normalize(img, cfg.mean, cfg.std)
   return augment.random_erase(img, seeds[3], erase_prob, cfg.erase_area, cfg.erase_aspect,
                               cfg.erase_fill)

@@ -101,6 +101,29 @@ class FeatureCache:
                     np.asarray([r.pid for r in kept]), np.asarray([r.camid for r in kept]), kept)
 
 
+def raw_pixels(path: str, size: tuple[int, int] = (16, 32)) -> np.ndarray:
+  """A training-free feature: the image box-downsampled to `size` (width, height) RGB pixels,
+  minus its own mean (which removes the global exposure). Compared by cosine, it is the
+  baseline a trained model must beat."""
+  from PIL import Image
+
+  with Image.open(path) as im:
+    small = np.asarray(im.convert("RGB").resize(size, Image.Resampling.BOX), np.float32)
+  return (small - small.mean()).reshape(-1)
+
+
+class PixelFeatures:
+  """Stands in for a FeatureCache with `raw_pixels` features: no model involved."""
+
+  def __call__(self, records: Sequence, what: str) -> Features:
+    records = list(records)
+    if not records:
+      raise errors.DataError(f"{what}: no images")
+    return Features(np.stack([raw_pixels(r.path) for r in records]),
+                    np.asarray([r.pid for r in records]), np.asarray([r.camid for r in records]),
+                    records)
+
+
 def summary(res: dict, num_query: int, num_gallery: int) -> dict[str, Any]:
   """SCALARS (CMC at 1/5/10, clamped to the gallery size), the CMC curve and the sizes."""
   cmc = res["cmc"]
@@ -232,6 +255,14 @@ def from_config(config, targets: Mapping[str, Any], offered: Sequence[str]) -> d
                                f"{config.method} model does not offer ({', '.join(offered)})")
     out[name] = evaluator
   return out
+
+
+def pixel_baseline(evaluators: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+  """The raw-pixel baseline (`raw_pixels`, cosine) on the targets of every image Re-ID
+  evaluator, in the shape `evaluate` returns."""
+  return {name: with_average({t: scalars(reid_metrics(PixelFeatures(), ds, max_rank=ev.max_rank))
+                              for t, ds in ev.targets.items()})
+          for name, ev in evaluators.items() if isinstance(ev, ReIDEvaluator)}
 
 
 def evaluate(evaluators: Mapping[str, Any], trained) -> dict[str, dict[str, dict[str, float]]]:

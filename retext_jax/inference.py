@@ -150,14 +150,18 @@ class TrainedModel:
           f"it offers: {offered}")
 
 
-def load(workdir: str, which: str = "latest", step: int | None = None) -> TrainedModel:
+def load(workdir: str, which: str = "latest", step: int | None = None,
+         eval_options: Mapping[str, Any] | None = None) -> TrainedModel:
   """Restores the model of a training workdir (checkpoint `which` = "latest" or "best"),
-  whatever its method, from the checkpoint alone."""
+  whatever its method, from the checkpoint alone. `eval_options` replace the checkpoint's
+  `config.eval` (which features, which side of the BNNeck) when given."""
   variables, meta = checkpointing.restore_variables(workdir, which, step)
   if "model" not in meta:
     raise errors.ConfigError(f"the {which} checkpoint in {workdir} predates saved model "
                              "configs; retrain it with this version")
   config = ml_collections.ConfigDict(meta["config"])
+  if eval_options is not None:
+    config.eval = dict(eval_options)
   method = methods.get(meta.get("method", "retext")).restore(config, meta["model"])
   return TrainedModel(method, method.eval_variables(variables, config.eval.features), config,
                       int(meta["step"]), os.path.abspath(workdir),

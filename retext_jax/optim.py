@@ -30,18 +30,27 @@ def schedule(lr: float, total_steps: int, warmup_steps: int, end_factor: float =
   )
 
 
-def param_groups(params, backbone_prefixes: tuple[str, ...], freeze: str = ""):
-  """Labels each leaf FROZEN if its path matches the `freeze` regex, else BACKBONE if it starts
-  with one of `backbone_prefixes`, else HEAD. Paths look like "text_encoder/word_embeddings/..."."""
+def param_groups(params, backbone_prefixes: tuple[str, ...], freeze: str = "",
+                 lr_mults: Mapping[str, float] | None = None):
+  """Labels each leaf FROZEN if its path matches the `freeze` regex, else its `lr_mults` prefix
+  if it starts with one, else BACKBONE if it starts with one of `backbone_prefixes`, else HEAD.
+  Paths look like "text_encoder/word_embeddings/..."."""
   frozen = re.compile(freeze) if freeze else None
   flat = traverse_util.flatten_dict(params, sep="/")
 
   def label(k: str) -> str:
     if frozen is not None and frozen.search(k):
       return FROZEN
+    for prefix in lr_mults or {}:
+      if k.startswith(prefix):
+        return prefix
     return BACKBONE if any(k.startswith(p) for p in backbone_prefixes) else HEAD
 
-  return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep="/")
+  labels = {k: label(k) for k in flat}
+  unused = sorted(set(lr_mults or {}) - set(labels.values()))
+  if unused:
+    raise errors.ConfigError(f"config.optim.lr_mults: no parameter path starts with {unused}")
+  return traverse_util.unflatten_dict(labels, sep="/")
 
 
 def decay_mask(params):
@@ -55,15 +64,17 @@ def make_optimizer(cfg: Mapping, total_steps: int, backbone_prefixes: tuple[str,
 
   cfg keys: name ("adamw"|"sgd"), lr, head_lr_mult, weight_decay, warmup_steps, clip_norm,
   b1, b2, momentum (SGD), end_factor, freeze (regex of parameter paths left untouched: no
-  update and no optimizer state, e.g. "word_embeddings" to keep a pretrained vocabulary).
+  update and no optimizer state, e.g. "word_embeddings" to keep a pretrained vocabulary),
+  lr_mults ({parameter path prefix: multiplier of lr}, e.g. {"text_encoder": 0.1} to fine-tune a
+  pretrained tower gently beside one trained from scratch).
   """
-  scheds = {
-      BACKBONE: schedule(cfg["lr"], total_steps, cfg["warmup_steps"], cfg.get("end_factor", 0.0)),
-      HEAD: schedule(
-          cfg["lr"] * cfg["head_lr_mult"], total_steps, cfg["warmup_steps"],
-          cfg.get("end_factor", 0.0),
-      ),
-  }
+  lr_mults = dict(cfg.get("lr_mults") or {})
+  clash = sorted(set(lr_mults) & {BACKBONE, HEAD, FROZEN})
+  if clash:
+    raise errors.ConfigError(f"config.optim.lr_mults: {clash} clash with the group names")
+  mults = {BACKBONE: 1.0, HEAD: cfg["head_lr_mult"], **lr_mults}
+  scheds = {g: schedule(cfg["lr"] * m, total_steps, cfg["warmup_steps"], cfg.get("end_factor", 0.0))
+            for g, m in mults.items()}
 
   def one(sched):
     if cfg["name"] == "adamw":
@@ -79,7 +90,7 @@ def make_optimizer(cfg: Mapping, total_steps: int, backbone_prefixes: tuple[str,
   freeze = cfg.get("freeze", "")
   tx = optax.multi_transform(
       {**{g: one(s) for g, s in scheds.items()}, FROZEN: optax.set_to_zero()},
-      lambda p: param_groups(p, backbone_prefixes, freeze),
+      lambda p: param_groups(p, backbone_prefixes, freeze, lr_mults),
   )
   if cfg.get("clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg["clip_norm"]), tx)

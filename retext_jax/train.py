@@ -63,12 +63,13 @@ def init_state(config, method: Method, tx, loaded: dict, mesh):
   return state, shardings
 
 
-def _meta(run: _Run, step: int, metrics: dict, initial: dict | None) -> dict:
-  """What is saved beside the state: enough to rebuild the model without the training data."""
+def _meta(run: _Run, step: int, metrics: dict, initial: dict | None, history: list) -> dict:
+  """What is saved beside the state: enough to rebuild the model without the training data,
+  and the evaluations so far (a resumed run keeps its learning curve)."""
   return {"step": int(step), "config": run.config.to_dict(), "config_name": run.config.name,
           "method": run.config.method, "model": run.method.model_config.to_dict(),
           "tokenizer_kind": run.tokenizer.kind if run.tokenizer is not None else None,
-          "metrics": metrics, "initial": initial}
+          "metrics": metrics, "initial": initial, "history": history}
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -189,12 +190,12 @@ def _train_stage(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   run = _setup(config, workdir)
   mesh, method, state, shardings, ckpt = run.mesh, run.method, run.state, run.shardings, run.ckpt
-  start, initial = ckpt.latest_step() or 0, None
+  start, initial, history = ckpt.latest_step() or 0, None, []
   if start:
     restored, meta = ckpt.restore(
         checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)), start)
     state = {**state, **restored}
-    initial = meta.get("initial")
+    initial, history = meta.get("initial"), meta.get("history", [])
     logging.info("resumed from %s at step %d", workdir, start)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -217,6 +218,7 @@ def _train_stage(config, workdir: str) -> dict:
                                            every_steps=config.log_every)
   if start == 0 and config.eval_every:
     initial = run.evaluate(state, 0)  # the untrained model: the baseline training must beat
+    history.append({"step": 0, "evals": initial})
     writer.write_scalars(0, {f"eval/{k}": v for k, v in _flatten(initial).items()})
     logging.info("step 0 (untrained) %s", _summary(initial))
   results, step = {}, start
@@ -234,13 +236,14 @@ def _train_stage(config, workdir: str) -> dict:
       if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
         with report.timed("eval"):
           results = run.evaluate(state, step)
+        history.append({"step": step, "evals": results})
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))
         if config.best_metric:
-          ckpt.save_best(step, run.saved(state), _meta(run, step, results, initial),
+          ckpt.save_best(step, run.saved(state), _meta(run, step, results, initial, history),
                          {config.best_metric: _headline(results, config.best_metric)})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-        ckpt.save(step, run.saved(state), _meta(run, step, results, initial))
+        ckpt.save(step, run.saved(state), _meta(run, step, results, initial, history))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)
         break
@@ -249,20 +252,40 @@ def _train_stage(config, workdir: str) -> dict:
     return {}
   if not results:  # resumed at the final step, or evaluation switched off during training
     results = run.evaluate(state, step)
+    history.append({"step": step, "evals": results})
   final = {"config_name": config.name, "method": config.method, "step": step, "evals": results,
-           "initial": initial}
+           "initial": initial, "history": history}
+  if config.eval.pixel_baseline:
+    final["baselines"] = {"raw_pixels": evaluators.pixel_baseline(run.evals)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(final, f, indent=2)
   print(f"[{config.name}] step {step}: {_summary(results, SCALARS)}")
+  for line in _versus_baselines(final):
+    print(f"[{config.name}] {line}")
   return final
+
+
+def _versus_baselines(final: dict, key: str = "mAP") -> list[str]:
+  """One line per image Re-ID target: the untrained model, the raw-pixel baseline and the
+  trained model, so that a run shows at a glance whether training worked."""
+  pixels = final.get("baselines", {}).get("raw_pixels", {})
+  lines = []
+  for e, targets in pixels.items():
+    for t, base in targets.items():
+      trained = final["evals"][e][t][key]
+      untrained = (final.get("initial") or {}).get(e, {}).get(t, {}).get(key)
+      start = f"untrained {untrained:.1%} | " if untrained is not None else ""
+      lines.append(f"{e}/{t} {key}: {start}raw pixels {base[key]:.1%} | trained {trained:.1%} "
+                   f"({trained / max(base[key], 1e-12):.2f}x the raw-pixel baseline)")
+  return lines
 
 
 def evaluate(config, workdir: str, which: str = "latest") -> dict:
   """Rebuilds the checkpoint's model from its metadata (written on any device count, any
-  method) and runs `config.evals` on `config.data.targets`. Reads no training source, no
-  pretrained init file and builds no optimizer."""
-  trained = inference.load(workdir, which)
+  method) and runs `config.evals` on `config.data.targets` with `config.eval`'s options. Reads
+  no training source, no pretrained init file and builds no optimizer."""
+  trained = inference.load(workdir, which, eval_options=config.eval)
   evals = evaluators.from_config(config, data.load_targets(config),
                                  list(trained.method.offered))
   results = evaluators.evaluate(evals, trained)

@@ -110,6 +110,25 @@ def test_color_jitter_brightness_scales_within_range():
   assert all(0.8 - 1e-5 <= f <= 1.2 + 1e-5 for f in factors) and len(factors) > 10
 
 
+def test_camera_response_tints_channels_within_its_bounds():
+  s = 0.2
+  grey = np.full((2, 2, 3), 127.5, np.float32)
+  np.testing.assert_array_equal(augment.camera_response(grey, _seed(0), 0.0), grey)
+  outs = np.stack([augment.camera_response(grey, _seed(i), s).numpy()[0, 0] for i in range(300)])
+  # numpy re-derivation: a channel of mid-grey becomes ((0.5 g e)^gamma - 0.5) c + 0.5 with
+  # gain g, exposure e, contrast c in [1-s, 1+s] and gamma in [e^-s, e^s]; it is monotone in
+  # each factor, so its range is spanned by the corners of that box.
+  corners = [((min(0.5 * g * e, 1.0) ** gm) - 0.5) * c + 0.5 for g in (1 - s, 1 + s)
+             for e in (1 - s, 1 + s) for gm in (np.exp(-s), np.exp(s)) for c in (1 - s, 1 + s)]
+  assert 255 * min(corners) - 1e-3 <= outs.min() and outs.max() <= 255 * max(corners) + 1e-3
+  assert outs.max() - outs.min() > 0.6 * 255 * (max(corners) - min(corners))  # spans the range
+  # A colour cast: the channels of a grey pixel move apart (ColorJitter's brightness and
+  # contrast never do that).
+  assert np.median(outs.max(1) - outs.min(1)) > 5
+  a = augment.camera_response(grey, _seed(3), s)
+  np.testing.assert_array_equal(a, augment.camera_response(grey, _seed(3), s))
+
+
 def test_ops_are_deterministic_for_a_seed():
   x = tf.constant(_img(4))
   a = augment.random_erase(augment.pad_and_crop(x, _seed(5)), _seed(6), 1.0, fill="random")

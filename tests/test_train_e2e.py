@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +66,13 @@ def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
   assert glob.glob(f"{wd}/events.out.tfevents.*")
   assert _steps(wd) == [3, 6]
   assert glob.glob(f"{wd}/best/[0-9]*")
+  assert [h["step"] for h in res["history"]] == [0, 6]  # the learning curve
+  assert res["history"][-1]["evals"] == res["evals"]
+  assert res["history"][0]["evals"] == res["initial"]
+  pixels = res["baselines"]["raw_pixels"]["reid"]["synthetic_target"]
+  want = _raw_pixel_map(f"{cache}/tiny_seed0/target_market")
+  assert pixels["mAP"] == pytest.approx(want, abs=1e-6)
+  assert f"raw pixels {pixels['mAP']:.1%} | trained {target['mAP']:.1%}" in train.stdout
   # The FSDP checkpoint of 8 devices restores on one device and reproduces the final metrics.
   proc = _run("configs/retext.py:tiny,singlecam_batch=8", wd, cache, "--mode=eval", devices=1)
   again = json.load(open(f"{wd}/results_eval_latest.json"))
@@ -72,6 +80,40 @@ def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
   for k, v in target.items():
     assert abs(again["evals"]["reid"]["synthetic_target"][k] - v) < 1e-4, k
   assert "reid/synthetic_target: R1" in proc.stdout
+  # Evaluation options given on the command line apply to the restored checkpoint.
+  _run("configs/retext.py:tiny,singlecam_batch=8", wd, cache, "--mode=eval",
+       "--config.eval.neck=before")
+  before = json.load(open(f"{wd}/results_eval_latest.json"))["evals"]["reid"]["synthetic_target"]
+  assert before != again["evals"]["reid"]["synthetic_target"]
+
+
+def _raw_pixel_map(root):
+  """Independent numpy re-derivation of the raw-pixel baseline's mAP on a Market-layout folder:
+  16x32 box-downsampled pixels minus their mean, cosine similarity, same-id same-camera gallery
+  images and junk (-1) removed per query."""
+  from PIL import Image
+
+  def read(split):
+    rows = []
+    for path in sorted(glob.glob(f"{root}/{split}/*.jpg")):
+      name = os.path.basename(path)
+      pid, cam = int(name.split("_")[0]), int(name.split("_")[1][1])
+      if pid == -1:
+        continue
+      x = np.asarray(Image.open(path).convert("RGB").resize((16, 32), Image.BOX), np.float64)
+      x = (x - x.mean()).ravel()
+      rows.append((x / np.linalg.norm(x), pid, cam))
+    return rows
+
+  gallery = read("bounding_box_test")
+  aps = []
+  for qf, qp, qc in read("query"):
+    kept = [(float(qf @ gf), gp) for gf, gp, gc in gallery if not (gp == qp and gc == qc)]
+    match = np.array([gp == qp for _, gp in sorted(kept, key=lambda t: -t[0])])
+    if match.any():
+      hits = np.flatnonzero(match)
+      aps.append(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
+  return float(np.mean(aps))
 
 
 def _wait_for(pred, proc, timeout=600):

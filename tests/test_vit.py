@@ -83,9 +83,13 @@ def test_overlapping_patches_and_camera_embedding_match_numpy():
     vit.ViT(cfg).apply({"params": params}, x)
 
 
-def test_patch_mask_encodes_visible_patches_only():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_patch_mask_encodes_visible_patches_only(stem):
+  # The conv stem's 3x3 convolutions see across patch borders: masked patches must be blanked
+  # before it, or their pixels would leak into the visible tokens.
   cfg = vit.ViTConfig(
-    image_size=(32, 16), patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32
+    image_size=(32, 16), patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32,
+    stem=stem,
   )
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 32, 16, 3)).astype(np.float32)
@@ -106,11 +110,41 @@ def test_patch_mask_encodes_visible_patches_only():
   assert max_abs_diff(full["tokens"][0], model.apply({"params": params}, x)["tokens"][0]) > 1e-3
   # Under jit the mask is traced: the count must be static, and it gives the same result.
   jitted = jax.jit(lambda p, im, m: model.apply({"params": p}, im, patch_mask=m, num_masked=4))
-  assert max_abs_diff(jitted(params, x, mask)["tokens"], out["tokens"]) <= 1e-6
+  # (the conv stem's four conv + LayerNorm layers, fused differently under jit, round more:
+  # measured 1.1e-6 against 3e-7 for the patch stem, on tokens of magnitude ~3)
+  tol = 1e-6 if stem == "patch" else 4e-6
+  assert max_abs_diff(jitted(params, x, mask)["tokens"], out["tokens"]) <= tol
   with pytest.raises(ValueError, match="same|as many"):
     bad = mask.copy()
     bad[0, 0] = True
     model.apply({"params": params}, x, patch_mask=bad)
+
+
+def test_conv_stem_is_strided_3x3_convolutions_on_the_patch_grid():
+  cfg = vit.vit_config("tiny", 16, image_size=(64, 32), num_layers=0, stem="conv")
+  x = np.random.default_rng(1).normal(size=(1, 64, 32, 3)).astype(np.float32)
+  params = vit.ViT(cfg).init(jax.random.key(0), x)["params"]
+  stem = params["stem"]
+  assert [stem[f"conv_{i}"]["kernel"].shape for i in range(4)] == [
+    (3, 3, 3, 24), (3, 3, 24, 48), (3, 3, 48, 96), (3, 3, 96, 192)]
+  # numpy re-derivation of conv -> LayerNorm -> GELU (x4) -> 1x1 projection.
+  h = x[0].astype(np.float64)
+  for i in range(4):
+    conv = stem[f"conv_{i}"]
+    k, b = np.asarray(conv["kernel"], np.float64), np.asarray(conv["bias"])
+    p = np.pad(h, ((1, 1), (1, 1), (0, 0)))
+    out = np.zeros((h.shape[0] // 2, h.shape[1] // 2, k.shape[-1]))
+    for r in range(out.shape[0]):
+      for c in range(out.shape[1]):
+        out[r, c] = np.einsum("ijk,ijkl->l", p[2 * r:2 * r + 3, 2 * c:2 * c + 3], k) + b
+    mu, var = out.mean(-1, keepdims=True), out.var(-1, keepdims=True)
+    out = (out - mu) / np.sqrt(var + 1e-6) * stem[f"norm_{i}"]["scale"] + stem[f"norm_{i}"]["bias"]
+    h = np.asarray(jax.nn.gelu(jnp.asarray(out, jnp.float32)), np.float64)
+  tokens = h @ np.asarray(stem["proj"]["kernel"])[0, 0] + stem["proj"]["bias"]
+  want = tokens.reshape(-1, 192) + np.asarray(params["pos_embed"])[0, 1:]
+  got = vit.ViT(cfg).apply({"params": params}, x)["tokens"]
+  ref = _layer_norm(want, 1e-6) * params["norm"]["scale"] + params["norm"]["bias"]
+  np.testing.assert_allclose(np.asarray(got[0, 1:]), ref, atol=2e-4)
 
 
 def test_no_pos_mask_roundtrip_without_layers():
@@ -197,5 +231,9 @@ def test_bad_configs_name_the_field():
   assert vit.vit_config("base", image_size=(256, 128), stride=12).grid == (21, 10)  # TransReID
   with pytest.raises(ValueError, match="unknown ViT size"):
     vit.vit_config("huge-ish")
+  with pytest.raises(ValueError, match="stem='conv' needs"):
+    vit.vit_config("tiny", image_size=(256, 128), stride=12, stem="conv")
+  with pytest.raises(ValueError, match="unknown ViT stem"):
+    vit.vit_config("tiny", stem="resnet")
   with pytest.raises(ValueError, match="unknown ViTConfig fields"):
     vit.ViTConfig.from_dict({"hiden_size": 3})

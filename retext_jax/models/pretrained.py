@@ -119,7 +119,8 @@ def image_encoder(model_cfg: Mapping[str, Any], image_size, path: str, num_camer
   if not path:
     depth = {"num_layers": model_cfg["depth"]} if model_cfg["depth"] else {}
     cfg = vit.vit_config(model_cfg["vit"], model_cfg["patch"], image_size=image_size,
-                         stride=model_cfg["stride"], **depth, **extra)
+                         stride=model_cfg["stride"], stem=model_cfg.get("stem", "patch"),
+                         **depth, **extra)
     return cfg, None
   if not os.path.exists(path):
     raise _missing("pretrained image encoder", path)

@@ -11,7 +11,8 @@ TransReID extras: overlapping patches (stride < patch) and a camera (side-inform
   out["pooled"] [B, D] when config.pooler, out["visible_ids"] [B, N_visible] when patch_mask is
   given (the patch indices kept, in order, so a decoder can scatter them back).
 
-Params: patch_embed (Conv), cls_token [1,1,D], pos_embed [1,1+N,D], camera_embed [C, D],
+Params: patch_embed (Conv) or stem (ConvStem, `stem="conv"`), cls_token [1,1,D],
+pos_embed [1,1+N,D], camera_embed [C, D],
 block_{i} (layers.PreNormBlock), norm, pooler (Dense).
 Converters: `convert_checkpoint(path, image_size=..., stride=...)` reads an HF ViTModel /
 ViTForImageClassification folder or a Google ViT `.npz` (vit_jax AugReg or big_vision layout).
@@ -62,6 +63,18 @@ class ViTConfig(PatchGrid, DictConfig):
   num_cameras: int = 0  # > 0 adds TransReID's side-information embedding
   camera_coef: float = 3.0  # TransReID's sie_xishu
   pooler: bool = False  # HF ViTPooler: Dense + tanh on the CLS token
+  stem: str = "patch"  # "patch" (one strided conv) | "conv" (ConvStem: stacked 3x3 convs)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.stem not in ("patch", "conv"):
+      raise errors.ConfigError(f"unknown ViT stem {self.stem!r}; expected 'patch' or 'conv'")
+    p = self.patch_size
+    if self.stem == "conv" and (p & (p - 1) or self.patch_stride != p
+                                or any(s % p for s in self.image_size)):
+      raise errors.ConfigError(
+          f"stem='conv' needs a power-of-two patch, stride equal to it and an image size "
+          f"divisible by it; got patch {p}, stride {self.patch_stride}, image {self.image_size}")
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> ViTConfig:
@@ -95,6 +108,28 @@ def config_from_dict(d: dict[str, Any]) -> ViTConfig:
   return ViTConfig.from_dict(d)
 
 
+class ConvStem(nn.Module):
+  """Early convolutions (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"):
+  log2(patch) 3x3 stride-2 convolutions, each followed by LayerNorm and GELU, widths doubling up
+  to `width`, then a 1x1 projection: the same token grid as a patch x patch embedding, but
+  local features that a small ViT trained from scratch learns from far fewer images."""
+
+  width: int
+  patch: int
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    n = int(np.log2(self.patch))
+    x = images
+    for i in range(n):
+      x = nn.Conv(self.width >> (n - 1 - i), (3, 3), strides=(2, 2), padding=1,
+                  dtype=self.dtype, name=f"conv_{i}")(x)
+      x = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(x)
+      x = nn.gelu(x)
+    return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="proj")(x)
+
+
 class ViT(nn.Module):
   """ViT encoder returning CLS and patch tokens (see the module docstring)."""
 
@@ -115,14 +150,22 @@ class ViT(nn.Module):
     d = cfg.hidden_size
     if tuple(images.shape[1:3]) != cfg.image_size:
       raise ValueError(f"images are {images.shape[1:3]}, the model expects {cfg.image_size} (HW)")
-    x = nn.Conv(
-      d,
-      (cfg.patch_size,) * 2,
-      strides=(cfg.patch_stride,) * 2,
-      padding="VALID",
-      dtype=self.dtype,
-      name="patch_embed",
-    )(images.astype(self.dtype))
+    if cfg.stem == "conv":
+      pixels = images.astype(self.dtype)
+      if patch_mask is not None:  # blank masked patches first: 3x3 convs would leak them
+        grid_mask = patch_mask.reshape(-1, *cfg.grid)
+        pixel_mask = jnp.repeat(jnp.repeat(grid_mask, cfg.patch_size, 1), cfg.patch_size, 2)
+        pixels = jnp.where(pixel_mask[..., None], 0, pixels)
+      x = ConvStem(d, cfg.patch_size, dtype=self.dtype, name="stem")(pixels)
+    else:
+      x = nn.Conv(
+        d,
+        (cfg.patch_size,) * 2,
+        strides=(cfg.patch_stride,) * 2,
+        padding="VALID",
+        dtype=self.dtype,
+        name="patch_embed",
+      )(images.astype(self.dtype))
     b = x.shape[0]
     x = x.reshape(b, -1, d)
     init = nn.initializers.normal(0.02)

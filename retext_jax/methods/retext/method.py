@@ -44,6 +44,9 @@ class ReTextMethod(base.Method):
   def create(cls, config, data: base.DataInfo) -> base.Init:
     lc = config.loss
     vit_cfg, loaded = pretrained.image_tower(config, data.num_cameras)
+    if config.model.match_feature not in ("cls", "bnneck"):
+      raise errors.ConfigError(f"config.model.match_feature={config.model.match_feature!r}: "
+                               "expected 'cls' or 'bnneck'")
     if lc.lambda_rec > 0 and vit_cfg.patch_stride != vit_cfg.patch_size:
       raise errors.ConfigError("lambda_rec > 0 reconstructs non-overlapping patches: set "
                                "config.model.stride equal to config.model.patch")
@@ -61,6 +64,7 @@ class ReTextMethod(base.Method):
         decoder_width=config.model.decoder_width, decoder_depth=config.model.decoder_depth,
         decoder_heads=config.model.decoder_heads,
         num_masked=num_masked(config.input.mask_ratio, vit_cfg.num_patches),
+        match_feature=config.model.match_feature,
     )
     return base.Init(cls(config, mcfg), loaded, tokenizer)
 

@@ -33,6 +33,7 @@ class ReTextConfig(DictConfig):
   decoder_depth: int = 2
   decoder_heads: int = 4
   num_masked: int = 0  # patches masked per image for reconstruction (static under jit)
+  match_feature: str = "cls"  # what image_proj reads: the "cls" token or the "bnneck" feature
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> ReTextConfig:
@@ -77,9 +78,13 @@ class ReText(nn.Module):
     return {"feat": feat, "bn_feat": bn, "logits": self.classifier(bn)}
 
   def embed_image(self, images, *, train: bool = False):
-    """Matching embedding of an image (also the momentum encoder's path)."""
-    cls = self.image_encoder(images, train=train)["cls"]
-    return {"cls": cls.astype(jnp.float32), "emb": self.image_proj(cls).astype(jnp.float32)}
+    """Matching embedding of an image (also the momentum encoder's path). With
+    match_feature="bnneck" the projection reads the class token standardised by the BNNeck's
+    running statistics (never updated here), as the ID head does."""
+    cls = self.image_encoder(images, train=train)["cls"].astype(jnp.float32)
+    feat = self.bnneck(cls, use_running_average=True) if self.config.match_feature == "bnneck" \
+        else cls
+    return {"cls": cls, "emb": self.image_proj(feat).astype(jnp.float32)}
 
   def sc_logits(self, cls):
     return self.sc_classifier(cls)
