@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 
 import optax
+from absl import logging
 from flax import traverse_util
 
 from retext_jax import errors
@@ -48,8 +49,8 @@ def param_groups(params, backbone_prefixes: tuple[str, ...], freeze: str = "",
 
   labels = {k: label(k) for k in flat}
   unused = sorted(set(lr_mults or {}) - set(labels.values()))
-  if unused:
-    raise errors.ConfigError(f"config.optim.lr_mults: no parameter path starts with {unused}")
+  if unused:  # e.g. a text tower switched off by another key: a typo shows here as well
+    logging.warning("config.optim.lr_mults: no parameter path starts with %s (ignored)", unused)
   return traverse_util.unflatten_dict(labels, sep="/")
 
 
