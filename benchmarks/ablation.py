@@ -116,7 +116,8 @@ def _kept_rows(out: str, args) -> list[dict]:
   if not args.rows or not os.path.exists(out):
     return []
   with open(out) as f:
-    rows = json.load(f)["rows"]
+    saved = json.load(f)
+  rows = saved["rows"] if isinstance(saved, dict) else []  # older files: a bare list of rows
   same = [r for r in rows if r["seeds"] == args.seeds and r["preset"] == args.preset
           and (args.steps is None or r["steps"] == args.steps)]
   return [r for r in same if r["row"] not in args.rows]
@@ -132,10 +133,17 @@ def main() -> None:
   ap.add_argument("--cache", default=os.path.expanduser("~/.cache/retext_jax/synthetic"))
   ap.add_argument("--out")
   ap.add_argument("--png", help="chart of the first target (default docs/ablation_<config>.png)")
+  ap.add_argument("--report", action="store_true",
+                  help="only print the table and redraw the chart from --out's JSON")
   args = ap.parse_args()
   table = ROWS[args.config]
   out = args.out or os.path.join(ROOT, "benchmarks", "results", f"ablation_{args.config}.json")
   png = args.png or os.path.join(ROOT, "docs", f"ablation_{args.config}.png")
+  if args.report:
+    with open(out) as f:
+      saved = json.load(f)
+    report(saved["rows"], out, png, saved["wall_s"])
+    return
   rows, start = _kept_rows(out, args), time.perf_counter()
   with tempfile.TemporaryDirectory() as workroot:
     for i in args.rows or range(1, len(table) + 1):
@@ -153,33 +161,38 @@ def main() -> None:
       rows = sorted([r for r in rows if r["row"] != i] + [row], key=lambda r: r["row"])
       print(f"row {i} done ({row['wall_s_per_run']:.0f} s per run): " + ", ".join(
           f"{t} mAP {np.mean(v['mAP']):.3f}" for t, v in row["targets"].items()), flush=True)
+  report(rows, out, png, time.perf_counter() - start)
+
+
+def report(rows: list[dict], out: str, png: str, wall_s: float) -> None:
+  """Writes the JSON and the chart, prints one table per target."""
   targets = list(rows[0]["targets"])
   comparisons = {t: {k: paired(rows, t, k) for k in ("mAP", "R1")} for t in targets}
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
-    json.dump({"rows": rows, "paired_with_previous_row": comparisons,
-               "wall_s": time.perf_counter() - start}, f, indent=2)
+    json.dump({"rows": rows, "paired_with_previous_row": comparisons, "wall_s": wall_s}, f,
+              indent=2)
   plot(rows, targets[0], png)
 
   def pct(v):
-    mean, half = interval(100 * np.asarray(v))
-    return f"{mean:.1f} ± {half:.1f}"
+    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}"
 
   def delta(d):
     return "" if d is None else f"{d['mean']:+.1f} [{d['mean'] - d['ci95']:+.1f}, " \
                                 f"{d['mean'] + d['ci95']:+.1f}]"
 
   for t in targets:
-    print(f"\n{t}: mean ± 95 % t-interval over seeds; Δ = paired difference to the row above "
-          "[95 % interval]")
+    print(f"\n{t}: mean ± std over seeds; Δ = paired difference to the row above, mean "
+          "[95 % t-interval]")
     print("| row | training signals | mAP (%) | Δ mAP | R1 (%) | Δ R1 |")
     print("|---|---|---|---|---|---|")
     for j, r in enumerate(rows):
       v = r["targets"][t]
       print(f"| {r['row']} | {r['name']} | {pct(v['mAP'])} | {delta(comparisons[t]['mAP'][j])} "
             f"| {pct(v['R1'])} | {delta(comparisons[t]['R1'][j])} |")
-  print(f"\n{len(args.seeds)} seeds ({args.seeds}), preset {args.preset}, {rows[0]['steps']} "
-        f"steps; {(time.perf_counter() - start) / 60:.0f} min in all. Wrote {out} and {png}.")
+  r = rows[0]
+  print(f"\n{len(r['seeds'])} seeds ({r['seeds']}), preset {r['preset']}, {r['steps']} steps; "
+        f"{wall_s / 60:.0f} min of training in all. Wrote {out} and {png}.")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,8 @@ def test_missing_pretrained_path_names_it():
     pretrained.image_encoder(MODEL_CFG, (256, 128), "/no/such/vit")
   with pytest.raises(FileNotFoundError, match="/no/such/bert"):
     pretrained.text_encoder("/no/such/bert")
+
+
+def test_conv_stem_with_pretrained_weights_is_refused(hf_vit):
+  with pytest.raises(errors.ConfigError, match="stem='conv' is for image encoders trained"):
+    pretrained.image_encoder({**MODEL_CFG, "stem": "conv"}, (256, 128), hf_vit)
