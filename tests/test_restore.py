@@ -45,15 +45,17 @@ def stripped(request, tmp_path_factory):
   method, tmp = request.param, tmp_path_factory.mktemp(request.param)
   wd, cache = tmp / "wd", tmp / "cache"
   init = {}
+  extra = []
   if method in ("retext", "bot"):  # CLIP-SCGI's tiny preset starts from scratch
     init["image"] = tmp / "init_vit"
     _converted_vit(init["image"])
+    extra.append("--config.model.stem=patch")  # a pretrained ViT has a patch embedding
   if method == "retext":
     init["text"] = tmp / "init_text"
     shutil.copytree(pretrained.minilm_path(), init["text"])
   cmd = [sys.executable, "-m", "retext_jax.main", f"--config=configs/{method}.py:tiny",
          f"--workdir={wd}", f"--config.data.cache_dir={cache}",
-         *(f"--config.init.{k}={v}" for k, v in init.items())]
+         *(f"--config.init.{k}={v}" for k, v in init.items()), *extra]
   proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,7 +65,8 @@ def stripped(request, tmp_path_factory):
     shutil.rmtree(folder)
   root = cache / "tiny_seed0"
   os.rename(root / "SYNTH-PEDES", root / "SYNTH-PEDES.away")
-  if method == "clip_scgi":  # supervised: source_market's query/gallery are evaluation data
+  if method in ("clip_scgi", "retext"):  # source_market's query/gallery are evaluation data
+    # (CLIP-SCGI: supervised; ReText: the in-domain evaluator); only its train split goes
     os.rename(root / "source_market" / "bounding_box_train", root / "train.away")
     os.mkdir(root / "source_market" / "bounding_box_train")
   else:

@@ -122,12 +122,12 @@ def image_encoder(model_cfg: Mapping[str, Any], image_size, path: str, num_camer
                          stride=model_cfg["stride"], stem=model_cfg.get("stem", "patch"),
                          **depth, **extra)
     return cfg, None
+  if not os.path.exists(path):
+    raise _missing("pretrained image encoder", path)
   if model_cfg.get("stem", "patch") != "patch":
     raise errors.ConfigError(f"config.model.stem={model_cfg['stem']!r} is for image encoders "
                              f"trained from scratch; config.init.image={path} has a patch "
                              "embedding (set config.model.stem='patch')")
-  if not os.path.exists(path):
-    raise _missing("pretrained image encoder", path)
   if is_converted(path):
     params, cfg = load_converted(path)
     if not isinstance(cfg, vit.ViTConfig):
