@@ -139,10 +139,10 @@ def synthetic_demo(c: ml_collections.ConfigDict, captions: bool) -> None:
 
 
 def from_scratch_vit_recipe(c: ml_collections.ConfigDict) -> None:
-  """What lets the demo's ViT-Ti learn from a few thousand images in 400 CPU steps (measured by
-  benchmarks/learning_curves.py): early convolutions instead of the 16x16 patch embedding, and a
-  random camera response (colour cast, exposure, gamma, contrast) per training image. For
-  methods whose image tower is the config's ViT (retext, bot)."""
+  """What lets the demo's ViT-Ti learn from a few thousand images in 400 CPU steps (measured in
+  docs/retext.md): early convolutions instead of the 16x16 patch embedding, and a random camera
+  response (colour cast, exposure, gamma, contrast) per training image. For methods whose image
+  tower is the config's ViT (retext, bot)."""
   c.model.stem = "conv"
   c.input.camera_jitter = 0.2
 
