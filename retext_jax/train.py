@@ -252,7 +252,8 @@ def _train_stage(config, workdir: str) -> dict:
     return {}
   if not results:  # resumed at the final step, or evaluation switched off during training
     results = run.evaluate(state, step)
-    history.append({"step": step, "evals": results})
+    if not history or history[-1]["step"] != step:
+      history.append({"step": step, "evals": results})
   final = {"config_name": config.name, "method": config.method, "step": step, "evals": results,
            "initial": initial, "history": history}
   if config.eval.pixel_baseline:
