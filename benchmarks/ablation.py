@@ -57,7 +57,10 @@ def run(config: str, preset: str, overrides: str, seed: int, steps: int | None, 
          f"--workdir={wd}", f"--config.data.cache_dir={cache}", "--config.eval_every=0",
          "--config.checkpoint_every=100000"]
   with open(wd + ".log", "w") as log:
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  if proc.returncode:  # the log lives in a temporary folder: show its end
+    with open(wd + ".log") as f:
+      raise SystemExit(f"{' '.join(cmd)} failed (rc={proc.returncode}):\n{f.read()[-3000:]}")
   with open(os.path.join(wd, "results.json")) as f:
     return json.load(f)
 

@@ -47,8 +47,12 @@ def run(name: str, overrides: dict, seed: int, eval_every: int, cache: str,
          f"--config.eval_every={eval_every}"]
   cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
   start = time.perf_counter()
-  with open(os.path.join(workroot, f"{name}.log"), "w") as log:
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+  log_path = os.path.join(workroot, f"{name}.log")
+  with open(log_path, "w") as log:
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  if proc.returncode:  # the log lives in a temporary folder: show its end
+    with open(log_path) as f:
+      raise SystemExit(f"{' '.join(cmd)} failed (rc={proc.returncode}):\n{f.read()[-3000:]}")
   with open(os.path.join(wd, "results.json")) as f:
     history = json.load(f)["history"]
   curves = {ev: {"steps": [h["step"] for h in history],
