@@ -107,6 +107,13 @@ def demo_config() -> ml_collections.ConfigDict:
   return c
 
 
+def long_config() -> ml_collections.ConfigDict:
+  c = demo_config()
+  c.name = "retext_long"
+  common.synthetic_long(c)
+  return c
+
+
 def tiny_config() -> ml_collections.ConfigDict:
   c = demo_config()
   c.name = "retext_tiny"
@@ -116,7 +123,8 @@ def tiny_config() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"paper": base_config, "demo": demo_config, "tiny": tiny_config}
+PRESETS = {"paper": base_config, "demo": demo_config, "long": long_config,
+           "tiny": tiny_config}
 
 
 def _protocol_data(c: ml_collections.ConfigDict) -> None:
@@ -125,5 +133,5 @@ def _protocol_data(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` = "[preset][,key=value...]" with preset in {paper (default), demo, tiny}."""
+  """`arg` = "[preset][,key=value...]" with preset in {paper (default), demo, long, tiny}."""
   return common.parse(arg, "configs/retext.py", PRESETS, SHORT, _protocol_data)
