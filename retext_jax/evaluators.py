@@ -142,9 +142,22 @@ def reid_metrics(embed: FeatureCache, dataset, rerank: bool = False, max_rank: i
     dist = evaluation.k_reciprocal_rerank(q.feats, g.feats)
     res = evaluation.evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank)
   else:
-    res = evaluation.evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids,
-                                       max_rank)
+    res = _features_metrics(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, max_rank,
+                            "cosine")
   return summary(res, len(q.pids), len(g.pids))
+
+
+def _features_metrics(q, g, q_pids, g_pids, q_camids, g_camids, max_rank: int, metric: str
+                      ) -> dict:
+  """The metrics on the accelerator when there is one (evaluation.device: same numbers), else
+  numpy's chunked ranking on the CPU threads."""
+  if jax.default_backend() != "cpu":
+    from retext_jax.evaluation.device import evaluate_features_jax
+
+    return evaluate_features_jax(q, g, q_pids, g_pids, q_camids, g_camids, max_rank, metric)
+  if metric == "dot":
+    return evaluation.evaluate_text_features(q, g, q_pids, g_pids, max_rank)
+  return evaluation.evaluate_features(q, g, q_pids, g_pids, q_camids, g_camids, max_rank, metric)
 
 
 def caption_embeddings(embed_tokens: Callable[[np.ndarray, np.ndarray], np.ndarray], records,
@@ -169,7 +182,7 @@ def text_metrics(embed: FeatureCache, dataset, max_rank: int = 50) -> dict[str, 
   q, q_pids = caption_embeddings(trained.token_embeddings, g.records, trained.tokenizer,
                                  trained.config.input.max_text_len, embed.batch_size,
                                  dataset.name)
-  res = evaluation.evaluate_text_to_image(q @ g.feats.T, q_pids, g.pids, max_rank=max_rank)
+  res = _features_metrics(q, g.feats, q_pids, g.pids, None, None, max_rank, "dot")
   return summary(res, len(q_pids), len(g.pids))
 
 

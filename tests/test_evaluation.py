@@ -6,6 +6,7 @@ import pytest
 from retext_jax.evaluation import (
     evaluate_features,
     evaluate_rank,
+    evaluate_text_features,
     evaluate_text_to_image,
     pairwise_distance,
 )
@@ -85,6 +86,29 @@ def test_evaluate_rank_equals_per_query_loop(seed, integer):
     _assert_same(evaluate_rank(dist, qp, gp, qc, gc, max_rank=50, chunk_size=chunk), ref)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_ties_at_true_matches_and_threads_equal_the_loop(workers):
+  # Distances on a coarse grid: every true match shares its distance with other true matches,
+  # junk and distractors at lower and higher gallery indices, so only the stable order is right.
+  rng = np.random.default_rng(9)
+  q, g, qp, gp, qc, gc = _problem(7)
+  dist = rng.integers(0, 6, size=(len(qp), len(gp))).astype(np.float32)
+  tied_match = (gp[None] == qp[:, None]) & np.roll(gp[None] != qp[:, None], 1, axis=1)
+  assert tied_match.sum() > 50
+  ref = loop_reference(dist, qp, gp, qc, gc, 50)
+  for chunk in (None, 1, 8):
+    _assert_same(evaluate_rank(dist, qp, gp, qc, gc, 50, chunk_size=chunk, workers=workers), ref)
+  # Other dtypes take the stable-argsort path; negative distances and -0.0 order as floats do.
+  signed_zeros = np.where((dist == 0) & (rng.random(dist.shape) < 0.5), np.float32(-0.0), dist)
+  for shifted in (dist.astype(np.float64), dist - 3, -dist, signed_zeros):
+    _assert_same(evaluate_rank(shifted, qp, gp, qc, gc, 50, chunk_size=8, workers=workers),
+                 loop_reference(shifted, qp, gp, qc, gc, 50))
+  # A float row without ties takes the unstable fast sort alone; it must agree as well.
+  dist = pairwise_distance(q, g, "cosine")
+  _assert_same(evaluate_rank(dist, qp, gp, qc, gc, 50, chunk_size=5, workers=workers),
+               loop_reference(dist, qp, gp, qc, gc, 50))
+
+
 def test_hand_computed_single_query():
   # Gallery ranked by distance: g0 (pid 1, cam 0 = junk: same id and camera), g1 (pid 2),
   # g2 (pid 1, cam 1: match), g3 (pid 3), g4 (pid 1, cam 2: match).
@@ -159,6 +183,23 @@ def test_text_to_image_matches_simple_loop():
   assert got["mAP"] == pytest.approx(np.mean(aps), abs=1e-9)
   assert got["mINP"] == pytest.approx(np.mean(inps), abs=1e-9)
   assert got["num_valid_queries"] == 40
+
+
+def test_text_features_equal_the_matrix_path():
+  rng = np.random.default_rng(8)
+  g_pids = np.repeat(np.arange(15), 2)
+  q_pids = np.repeat(np.arange(15), 3)
+  text = rng.integers(-2, 3, size=(45, 8)).astype(np.float32)  # integer scores: many ties
+  image = rng.integers(-2, 3, size=(30, 8)).astype(np.float32)
+  ref = evaluate_text_to_image(text @ image.T, q_pids, g_pids, max_rank=10)
+  got = evaluate_text_features(text, image, q_pids, g_pids, max_rank=10, chunk_size=4,
+                               workers=2)
+  _assert_same(got, ref, tol=1e-12)
+  assert [got[k] for k in ("R1", "R5", "R10")] == [ref[k] for k in ("R1", "R5", "R10")]
+  _assert_same(ref, loop_reference(-(text @ image.T), q_pids, g_pids, None, None, 10))
+  on_device = evaluate_features_jax(text, image, q_pids, g_pids, None, None, 10, "dot",
+                                    chunk_size=8)
+  _assert_same(on_device, ref)  # AP summed in float32 on the device
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

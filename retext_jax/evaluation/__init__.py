@@ -6,6 +6,7 @@ Numpy only at import time; the JAX device path lives in `retext_jax.evaluation.d
 from retext_jax.evaluation.ranking import (
     evaluate_features,
     evaluate_rank,
+    evaluate_text_features,
     evaluate_text_to_image,
     pairwise_distance,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "alpha_query_expansion",
     "evaluate_features",
     "evaluate_rank",
+    "evaluate_text_features",
     "evaluate_text_to_image",
     "k_reciprocal_rerank",
     "pairwise_distance",

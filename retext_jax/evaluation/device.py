@@ -6,8 +6,10 @@ Two modes:
   gallery, so a top-k list alone cannot give them unless k reaches the last true match.
 - `mode="topk"` (CMC only): `jax.lax.top_k(-dist, max_rank)`, the cheap path for rank-k curves
   on very large galleries; mAP/mINP are returned as None.
-Same protocol and tie order as `ranking.evaluate_rank` (junk entries moved to +inf; equal
-distances rank by gallery index: stable sort / top_k's lower-index-first rule).
+`metric`: "cosine" or "euclidean" (Re-ID), "dot" (text-to-image: the inner product of
+L2-normalised embeddings, ranked descending). Same protocol and tie order as
+`ranking.evaluate_rank` (junk entries moved to +inf; equal distances rank by gallery index:
+stable sort / top_k's lower-index-first rule); AP is summed in float32 (agrees to ~1e-8).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from retext_jax.linalg import l2_normalize
 
 
 def _distance(q: jax.Array, g: jax.Array, metric: str) -> jax.Array:
+  if metric == "dot":  # similarity of L2-normalised embeddings, ranked descending
+    return -(q @ g.T)
   if metric == "cosine":
     return 1.0 - l2_normalize(q) @ l2_normalize(g).T
   sq = jnp.sum(q * q, axis=1)[:, None] + jnp.sum(g * g, axis=1)[None, :] - 2.0 * q @ g.T
@@ -75,7 +79,7 @@ def evaluate_features_jax(
   """
   if mode not in ("sort", "topk"):
     raise errors.ConfigError(f"evaluate_features_jax: mode must be 'sort' or 'topk', got {mode!r}.")
-  if metric not in ("cosine", "euclidean"):
+  if metric not in ("cosine", "euclidean", "dot"):
     raise errors.ConfigError(f"evaluate_features_jax: unknown metric {metric!r}.")
   nq, ng = len(q_feats), len(g_feats)
   q_pids = _check_lengths("q_pids", q_pids, nq)
