@@ -27,7 +27,7 @@ TEXT_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
 # Short override names every method accepts (`configs/bot.py:demo,steps=300,lr=1e-3`).
 SHORT = {
     "steps": "total_steps", "batch": "input.multicam_p", "k": "input.multicam_k",
-    "lr": "optim.lr", "seed": "seed", "protocol": "protocol",
+    "lr": "optim.lr", "seed": "seed", "protocol": "protocol", "profile": "profile_steps",
 }
 
 
@@ -51,6 +51,7 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
   c.eval_every = 2_000
   c.checkpoint_every = 2_000
   c.keep_checkpoints = 2
+  c.profile_steps = 0  # > 0: a jax.profiler trace of that many steps in the workdir (TensorBoard)
   c.best_metric = "reid/mAP"  # "<evaluator>/<metric>"; "" disables the best checkpoint
   c.protocol = "p2_c3"
 

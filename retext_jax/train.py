@@ -10,9 +10,11 @@ checkpoint alone (no training data, no init files, no optimizer) and runs `confi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -81,6 +83,57 @@ def _check_finite(step: int, metrics: dict) -> None:
         f"non-finite loss at step {step}: " + ", ".join(f"{k}={metrics[k]}" for k in bad)
         + "; the last good checkpoint is left intact"
     )
+
+
+class _PendingMetrics:
+  """Step metrics left on the device until the host needs them, so that the host does not wait
+  for the device after every step (big_vision fetches at log steps too). `fetch()` brings all of
+  them over in one transfer, stops at the first step whose loss was not finite, and returns the
+  last step's values (what is logged: the value at the log step, not an average)."""
+
+  def __init__(self):
+    self._steps: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._steps.append((step, metrics))
+
+  def fetch(self) -> dict:
+    steps, self._steps = self._steps, []
+    fetched = jax.device_get([m for _, m in steps])
+    for (step, _), metrics in zip(steps, fetched, strict=True):
+      _check_finite(step, metrics)
+    return fetched[-1] if fetched else {}
+
+
+def _on_device(batches: Iterator[dict], mesh, ahead: int = 2) -> Iterator[dict]:
+  """Places batches on the mesh `ahead` steps early (device_put is asynchronous, so the copy
+  of the next batch overlaps the current step)."""
+  queue = collections.deque(sharding.global_batch(next(batches), mesh) for _ in range(ahead))
+  while True:
+    queue.append(sharding.global_batch(next(batches), mesh))
+    yield queue.popleft()
+
+
+class _Profile:
+  """A `jax.profiler` trace of `num_steps` steps, a few steps after the start (compilation
+  excluded), written to the workdir for TensorBoard's profile tab (config.profile_steps)."""
+
+  def __init__(self, workdir: str, first_step: int, num_steps: int):
+    self.workdir, self.start, self.stop = workdir, first_step + 3, first_step + 3 + num_steps
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if step == self.start and self.stop > self.start:
+      jax.profiler.start_trace(self.workdir)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step + 1 >= self.stop:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("profiled steps %d-%d into %s (TensorBoard: Profile)", self.start + 1,
+                   self.stop, self.workdir)
 
 
 def _flatten(results: dict) -> dict[str, float]:
@@ -213,7 +266,8 @@ def _train_stage(config, workdir: str) -> dict:
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
   )
-  train_iter = data.train_iterator(config, run.sources, method.streams, run.tokenizer, start)
+  train_iter = _on_device(
+      data.train_iterator(config, run.sources, method.streams, run.tokenizer, start), mesh)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   if start == 0 and config.eval_every:
@@ -222,18 +276,24 @@ def _train_stage(config, workdir: str) -> dict:
     writer.write_scalars(0, {f"eval/{k}": v for k, v in _flatten(initial).items()})
     logging.info("step 0 (untrained) %s", _summary(initial))
   results, step = {}, start
+  pending, profile = _PendingMetrics(), _Profile(workdir, start, config.profile_steps)
   with checkpointing.StopSignal() as stop, metric_writers.ensure_flushes(writer):
     while step < config.total_steps:
-      batch = sharding.global_batch(next(train_iter), mesh)
+      profile.before(step)
       with jax.set_mesh(mesh):
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, next(train_iter))
+      profile.after(step, state)
       step += 1
-      metrics = jax.device_get(metrics)
-      _check_finite(step, metrics)
+      pending.add(step, metrics)
       report(step)
-      if step % config.log_every == 0 or step == config.total_steps:
-        writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
-      if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
+      final_step = step == config.total_steps
+      evaluate = config.eval_every and (step % config.eval_every == 0 or final_step)
+      save = step % config.checkpoint_every == 0 or final_step or stop
+      if step % config.log_every == 0 or evaluate or save:
+        metrics = pending.fetch()  # waits for the device; raises on a non-finite step
+        if step % config.log_every == 0 or final_step:
+          writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+      if evaluate:
         with report.timed("eval"):
           results = run.evaluate(state, step)
         history.append({"step": step, "evals": results})
@@ -242,7 +302,7 @@ def _train_stage(config, workdir: str) -> dict:
         if config.best_metric:
           ckpt.save_best(step, run.saved(state), _meta(run, step, results, initial, history),
                          {config.best_metric: _headline(results, config.best_metric)})
-      if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
+      if save:
         ckpt.save(step, run.saved(state), _meta(run, step, results, initial, history))
       if stop:
         logging.warning("signal %d received: saved step %d and stopping", stop.received, step)

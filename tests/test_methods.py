@@ -82,6 +82,23 @@ def test_internal_errors_keep_their_traceback_user_errors_are_one_line(tmp_path)
   assert len(lines) == 1 and "/nonexistent/reid/source_market does not exist" in lines[0]
 
 
+def test_nan_at_a_non_log_step_is_caught_before_it_is_saved_and_a_profile_is_written(tmp_path):
+  # Metrics stay on the device between log steps; the NaN at step 5 (neither a log nor a
+  # checkpoint step) must still stop the run at the step-6 checkpoint, before it is written.
+  wd = tmp_path / "wd"
+  proc = _run("configs/bot.py:tiny,profile=1", wd, tmp_path / "cache",
+              "--config.method=example_methods.nan_at_step", "--config.total_steps=8",
+              "--config.log_every=4", "--config.checkpoint_every=3", "--config.eval_every=0")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
+  assert "non-finite loss at step 5:" in line and "loss/total=nan" in line
+  saved = sorted(int(n) for n in os.listdir(wd / "checkpoints") if n.isdigit())
+  assert saved == [3]
+  # profile=1 traced step 4 (three steps after the start, compilation excluded).
+  traces = list((wd / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
 def _retext_config(image_size, mask_ratio):
   from configs import retext
 
