@@ -569,7 +569,7 @@ def key_table(mc: ReTextConfig, queue: bool = False, matching: bool = True
 def _tensor(x: np.ndarray) -> torch.Tensor:
   """A contiguous torch copy: `torch.tensor` keeps a transposed array's strides, which the fused
   AdamW kernel would read as if laid out like its parameter."""
-  return torch.tensor(np.ascontiguousarray(x))
+  return torch.tensor(np.array(x, order="C"))  # (np.ascontiguousarray makes 0-d arrays 1-d)
 
 
 def _flat_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -677,6 +677,8 @@ class TorchTrainStep:
       if label != optim.FROZEN:
         groups.setdefault((label, bool(decay[path])), []).append(self.by_ours[path][0])
     self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+    in_optimizer = {id(p) for ps in groups.values() for p in ps}
+    self.frozen = [p for p in self.trainable if id(p) not in in_optimizer]
     wd = float(oc["weight_decay"])
     self.optimizer = torch.optim.AdamW(
         [{"params": ps, "label": label, "weight_decay": wd if dec else 0.0, "lr": 0.0}
@@ -776,13 +778,27 @@ class TorchTrainStep:
 
   def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One train step; returns detached metric tensors (no host sync)."""
+    metrics, aux = self.backward(batch)
+    metrics.update(self._update())
+    self.commit(aux, batch)
+    return metrics
+
+  def backward(self, batch: Mapping[str, torch.Tensor]):
+    """The losses and their gradients in `.grad` (not yet clipped); returns (detached metrics,
+    aux for `commit`)."""
     self.model.train()
     self.optimizer.zero_grad(set_to_none=True)
+    for p in self.frozen:
+      p.grad = None
     total, metrics, aux = self.loss(batch)
     total.backward()
     out = {k: v.detach() for k, v in metrics.items()}
-    out.update(self._update())
     out["loss/total"] = total.detach()
+    return out, aux
+
+  def commit(self, aux: Mapping[str, Any], batch: Mapping[str, torch.Tensor]) -> None:
+    """Writes the step's BNNeck running statistics and pushes the momentum embeddings into
+    the L_sp queue (after the forward, as our step's state updates)."""
     m = self.model
     with torch.no_grad():
       if aux["bn_stats"] is not None:
@@ -794,7 +810,12 @@ class TorchTrainStep:
         m.queue_emb[slots] = aux["momentum_emb"].float()
         m.queue_ids[slots] = batch["singlecam/pid"].to(m.queue_ids.dtype)
         m.queue_ptr.copy_((m.queue_ptr + b) % size)
-    return out
+
+  def gradients_as_ours(self) -> dict[str, np.ndarray]:
+    """The current `.grad` of every parameter in our layout (unused parameters: zeros)."""
+    return {path: _to_ours(kind, (p.grad if p.grad is not None else torch.zeros_like(p))
+                           .detach().float().cpu().numpy())
+            for path, (p, kind) in self.by_ours.items()}
 
   def apply_gradients(self, grads: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """The update half of the step with given gradients (our layout, "image_encoder/..."
