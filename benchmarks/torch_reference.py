@@ -9,6 +9,7 @@ frozen paths), the EMA of the momentum encoder after the optimizer step, the BNN
 statistics and the L_sp queue. Towers: `transformers.BertModel` for the text encoder and
 `transformers`' `ViTLayer` blocks for the image encoder (our conv stem / patch embedding, drop
 path and masked-patch path around them); the decoder, heads, BNNeck and losses are written here.
+The BoT baseline's step is ReText's Re-ID branch alone, so it is covered as well.
 
   step = TorchTrainStep(method, jax.device_get(state))      # weights, stats, EMA, Adam moments
   metrics = step(step.to_torch(host_batch))                  # one step, like ours
@@ -25,9 +26,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 import optax
 import torch
@@ -691,7 +693,7 @@ class TorchTrainStep:
   def _load_moments(self, opt_state: Any) -> None:
     """Copies mu / nu / count of every group's ScaleByAdamState (a fresh state: nothing)."""
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
-    adam = [s for s in jax_leaves(opt_state, is_adam) if is_adam(s)]
+    adam = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_adam) if is_adam(s)]
     for s in adam:
       count = int(np.asarray(s.count))
       if count == 0:
@@ -703,7 +705,7 @@ class TorchTrainStep:
           p, kind = self.by_ours[path]
           st = self.optimizer.state[p]
           st[slot] = _tensor(_to_torch(kind, np.asarray(value))).to(self.device)
-          st["step"] = torch.tensor(float(count))
+          st["step"] = torch.tensor(float(count), device=self.device)  # fused: on p's device
 
   def learning_rates(self, step: int) -> dict[str, float]:
     oc = self.oc
@@ -861,7 +863,7 @@ class TorchTrainStep:
   def state_as_ours(self) -> dict[str, np.ndarray]:
     """Every tensor of the key table in our layout, keyed by our state path."""
     sd = self.model.state_dict()
-    return {o: _to_ours(kind, sd[t].detach().float().cpu().numpy()) for o, t, kind in self.rows}
+    return {o: _to_ours(kind, sd[t].detach().cpu().numpy()) for o, t, kind in self.rows}
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -870,13 +872,6 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
   at the cost of the plain `_foreach_norm`."""
   chunks = [c for t in tensors for c in t.detach().reshape(-1).split(1 << 16)]
   return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(chunks)))
-
-
-def jax_leaves(tree: Any, is_leaf: Callable[[Any], bool]) -> list[Any]:
-  """Leaves of a pytree of optax states, stopping at `is_leaf` nodes."""
-  import jax
-
-  return jax.tree_util.tree_leaves(tree, is_leaf=is_leaf)
 
 
 def max_abs_diff(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, float]:

@@ -152,9 +152,6 @@ def torch_side(args, method: methods.Method, state, host: dict[str, np.ndarray],
                images: int) -> dict:
   """The PyTorch rows and the loss agreement, or why there are none."""
   modes = [m for m in args.torch.split(",") if m and m != "none"]
-  unknown = sorted(set(modes) - {"eager", "compile"})
-  if unknown:
-    raise SystemExit(f"--torch: unknown modes {unknown}; expected eager, compile or none")
   if not modes:
     return {"skipped": "--torch none"}
   if method.name not in ("retext", "bot"):
@@ -200,6 +197,9 @@ def main() -> None:
   args = ap.parse_args()
   if args.set and not args.out:
     ap.error("--set changes the preset's shapes: name the result file with --out")
+  unknown = sorted(set(args.torch.split(",")) - {"eager", "compile", "none", ""})
+  if unknown:
+    ap.error(f"--torch: unknown modes {unknown}; expected eager, compile or none")
   arg = args.preset + (f",{args.set}" if args.set else "")
   config = importlib.import_module(f"configs.{args.config}").get_config(arg)
   config.unlock()

@@ -206,3 +206,18 @@ def test_every_key_is_mapped(run):
     tr.check_table([r for r in rows if r[1] != "decoder.head.bias"],
                    {k: v for k, v in ours.items() if k != "params/decoder/head/bias"},
                    model.state_dict())
+
+
+def test_schedule_matches_ours():
+  """The torch side's learning rates (plain Python) follow `optim.schedule` through warm-up and
+  cosine decay, for the tiny, demo and paper lengths."""
+  from benchmarks import torch_reference as tr
+  from retext_jax import optim
+
+  for total, warmup, end in ((6, 2, 0.01), (400, 50, 0.01), (24_000, 1_000, 0.01), (5, 50, 0.0)):
+    sched = optim.schedule(5e-4, total, warmup, end)
+    for step in sorted({0, 1, warmup - 1, warmup, warmup + 1, total // 2, total - 1, total,
+                        total + 7}):
+      if step >= 0:
+        assert tr.lr_at(step, 5e-4, total, warmup, end) == pytest.approx(float(sched(step)),
+                                                                         rel=1e-5, abs=1e-12)
