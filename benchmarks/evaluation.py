@@ -219,7 +219,8 @@ def main() -> None:
   full_scale = args.scale or full_scale
   if args.device:
     rows = on_device(full_scale, args.dim)
-    args.out = args.out.replace("evaluation.json", "evaluation_device.json")
+    if args.out == parser.get_default("out"):
+      args.out = args.out.replace("evaluation.json", "evaluation_device.json")
   else:
     market = (40, 190, 9) if args.quick else MARKET
     rows = same_matrix(rank_scale, args.dim)

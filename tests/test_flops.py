@@ -1,18 +1,13 @@
-"""The analytic FLOP count behind the benchmarks' MFU: hand-computed values, and XLA's own count
-of the compiled forward pass (which also counts element-wise work, so it is a little larger)."""
-
-import os
-import sys
+"""The analytic FLOP count behind the benchmarks' MFU (hand-computed values, and XLA's own count of
+the compiled forward pass, which also counts element-wise work), and the GPU suite's CPU path."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import flops
 from retext_jax.models import bert, vit
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-import flops  # noqa: E402
 
 
 def test_transformer_layer_by_hand():
@@ -43,3 +38,25 @@ def test_bert_forward_within_xla_count():
   tokens = jnp.zeros((2, 24), jnp.int32)
   xla = _xla_flops(bert.Bert(cfg), tokens, jnp.ones_like(tokens)) / 2
   assert 0.9 * xla <= flops.bert_forward(cfg, 24) <= xla
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_its_cpu_path(tmp_path):
+  # The accelerator suite's commands at small sizes on CPU: both tables are produced and the
+  # PyTorch step agrees with ours (the GPU run uses the same scripts with the paper config).
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--cpu"], cwd=root,
+                        env=dict(os.environ, RESULTS_DIR=str(tmp_path), PYTHON=sys.executable),
+                        capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  step = json.load(open(tmp_path / "train_step_tiny.json"))
+  assert step["images_per_s"] > 0 and step["torch"]["modes"]["eager"]["images_per_s"] > 0
+  assert max(step["torch"]["loss_agreement"]["max_abs_diff"].values()) <= 1e-4
+  device = json.load(open(tmp_path / "evaluation_device.json"))["rows"][0]
+  assert device["max_metric_gap_500_queries"] <= 1e-5 and 0 < device["mAP"] <= 1
