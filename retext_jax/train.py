@@ -243,10 +243,11 @@ def _train_stage(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   run = _setup(config, workdir)
   mesh, method, state, shardings, ckpt = run.mesh, run.method, run.state, run.shardings, run.ckpt
-  start, initial, history = ckpt.latest_step() or 0, None, []
-  if start:
-    restored, meta = ckpt.restore(
-        checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)), start)
+  start, initial, history = 0, None, []
+  resumed = ckpt.restore_newest_readable(
+      checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)))
+  if resumed is not None:
+    start, restored, meta = resumed
     state = {**state, **restored}
     initial, history = meta.get("initial"), meta.get("history", [])
     logging.info("resumed from %s at step %d", workdir, start)

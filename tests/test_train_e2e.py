@@ -148,18 +148,20 @@ def test_sigkill_then_resume_reaches_final_step(tmp_path, cache):
 def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, cache):
   # The full tiny ReText (every stream and random draw: sampling, augmentation, captions, patch
   # masks, dropout). "cut" is the uninterrupted run's workdir as a kill after the step-3
-  # checkpoint leaves it; resumed, it must reach the same step-6 model and metrics.
+  # checkpoint leaves it (with a best/ of step 6 that a kill between the best and the regular
+  # save leaves); resumed, it must reach the same step-6 model and metrics.
   import orbax.checkpoint as ocp
 
   whole, cut = tmp_path / "whole", tmp_path / "cut"
-  args = ["--config.total_steps=6", "--config.checkpoint_every=3", "--config.eval_every=6",
-          "--config.best_metric="]
+  args = ["--config.total_steps=6", "--config.checkpoint_every=3", "--config.eval_every=6"]
   _run("configs/retext.py:tiny", str(whole), cache, *args)
   shutil.copytree(whole, cut)
   shutil.rmtree(cut / "checkpoints" / "6")
   os.remove(cut / "results.json")
   out = _run("configs/retext.py:tiny", str(cut), cache, *args)
   assert f"resumed from {cut} at step 3" in out.stderr
+  assert "best checkpoint of step 6 is newer than the resumed step 3: removed" in out.stderr
+  assert os.listdir(cut / "best") == ["6"]  # saved again by the resumed run
   a, b = (json.load(open(w / "results.json"))["evals"] for w in (whole, cut))
   assert a == b
   restore = lambda w: ocp.StandardCheckpointer().restore(  # noqa: E731
@@ -170,6 +172,37 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, cache):
       jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
   for (path, x), (_, y) in zip(leaves_a, leaves_b, strict=True):
     np.testing.assert_array_equal(raw(x), raw(y), err_msg=jax.tree_util.keystr(path))
+
+
+def _damage(step_dir):
+  """Truncates every array file of a checkpoint to half its size."""
+  for path in glob.glob(f"{step_dir}/state/ocdbt.process_0/d/*"):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_checkpoints_fall_back_or_fail_in_one_line(tmp_path, cache):
+  wd = str(tmp_path / "wd")
+  args = ["--config.checkpoint_every=2", "--config.eval_every=0"]
+  _run(NO_TEXT, wd, cache, "--config.total_steps=4", *args)
+  _damage(f"{wd}/checkpoints/4")
+  ev = _run(NO_TEXT, wd, cache, "--mode=eval")  # evaluation falls back to step 2 as well
+  assert "checkpoints/4: " in ev.stderr and "falling back to step 2" in ev.stderr
+  assert json.load(open(f"{wd}/results_eval_latest.json"))["step"] == 2
+  out = _run(NO_TEXT, wd, cache, "--config.total_steps=6", *args)
+  warned = [x for x in out.stderr.splitlines() if "checkpoint unreadable" in x]
+  assert len(warned) == 1 and "checkpoints/4: " in warned[0], out.stderr[-3000:]
+  assert "falling back to step 2" in warned[0] and f"resumed from {wd} at step 2" in out.stderr
+  assert _steps(wd) == [4, 6] and os.path.isdir(f"{wd}/checkpoints/4.unreadable")
+  for step in _steps(wd):
+    _damage(f"{wd}/checkpoints/{step}")
+  for extra, expected in ((["--mode=eval"], "none of steps [6, 4] reads"),
+                          (["--config.total_steps=8", *args], "can be read (tried steps 6, 4"),
+                          (["--mode=eval"], "set aside as unreadable by an earlier run")):
+    bad = _run(NO_TEXT, wd, cache, *extra, check=False)
+    errors = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-3000:]
+    assert expected in errors[0] and "Traceback" not in bad.stderr
 
 
 def test_sigterm_saves_current_step(tmp_path, cache):
