@@ -223,7 +223,10 @@ def test_sigterm_saves_current_step(tmp_path, cache):
 
 @pytest.mark.parametrize("config, extra, expected", [
     ("configs/retext.py:demoo", [], "unknown preset 'demoo' in configs/retext.py"),
-    ("configs/bot.py:tiny,steps=abc", [], "config override steps='abc': expected a int"),
+    ("configs/bot.py:tiny,steps=abc", [], "config override steps='abc': expected an integer"),
+    ("configs/bot.py:tiny,steps=2.7", [], "config override steps='2.7': expected an integer"),
+    (NO_TEXT, ["--mode=eval", "--checkpoint=last"], "--checkpoint='last': expected latest, best"),
+    (NO_TEXT, ["--mode=eval"], "does not exist (--mode=eval reads the checkpoints"),
     (NO_TEXT, ["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
     (NO_TEXT, ["--config.total_step=10"], "unknown config key 'total_step' in a --config "
                                           "override (Did you mean \"total_steps\""),
@@ -238,6 +241,13 @@ def test_user_errors_are_one_line(tmp_path, cache, config, extra, expected):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, cache):
+  (tmp_path / "file").write_text("")
+  proc = _run(NO_TEXT, str(tmp_path / "file"), cache, check=False)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and "is a file; give a folder" in errors[0]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
