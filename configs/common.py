@@ -203,14 +203,18 @@ def _set(c: ml_collections.ConfigDict, dotted: str, value: str, key: str) -> Non
         raise ValueError(value)
       node[leaf] = value.lower() in ("1", "true", "yes")
     elif isinstance(current, int):
-      node[leaf] = int(float(value))
+      number = float(value)  # "1e3" is an integer too; "2.7" is not
+      if not number.is_integer():
+        raise ValueError(value)
+      node[leaf] = int(number)
     elif isinstance(current, float):
       node[leaf] = float(value)
     else:
       node[leaf] = value
   except ValueError:
-    raise errors.ConfigError(f"config override {key}={value!r}: expected a "
-                             f"{type(current).__name__} for {dotted}") from None
+    kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(current))
+    raise errors.ConfigError(f"config override {key}={value!r}: expected {kind} for "
+                             f"{dotted}") from None
 
 
 def parse(arg: str | None, file: str,

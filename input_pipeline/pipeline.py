@@ -223,7 +223,7 @@ def _concat_checked(sources: Sources, cfg: InputConfig, part: str
 # ---------------------------------------------------------------- multi-camera (PK) part
 
 
-def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
+def _multicam_dataset(sources: Sources, cfg: InputConfig, start_step: int, process_index: int,
                       process_count: int, tokenizer: TextTokenizer | None = None
                       ) -> tf.data.Dataset:
   """P x K batches; with `tokenizer`, each image also carries one of its captions per step
@@ -253,13 +253,14 @@ def _multicam_dataset(sources: Sources, cfg: InputConfig, process_index: int,
 
   def gen():
     rng = np.random.default_rng([cfg.seed, process_index, 0x4D43])
-    for idx, _ in sampler:
+    for step, (idx, _) in enumerate(sampler):
       ex = {"index": idx, "pid": pid[idx], "camid": camid[idx],
             "seed": rng.integers(0, 2**31 - 1, size=(len(idx), 2), dtype=np.int64)}
       if tokenizer is not None:
         cap = first[idx] + rng.integers(0, count[idx])
         ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
-      yield ex
+      if step >= start_step:  # earlier batches are drawn (same random state) but not loaded
+        yield ex
 
   ds = tf.data.Dataset.from_generator(gen, output_signature={
       "index": tf.TensorSpec([n], tf.int64), "pid": tf.TensorSpec([n], tf.int32),
@@ -333,6 +334,7 @@ def tokenize_captions(caps: Sequence[Sequence[str]], tokenizer: TextTokenizer, m
 
 
 def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokenizer | None,
+                       start_step: int,
                        process_index: int, process_count: int) -> tf.data.Dataset:
   """Captioned images; without a tokenizer, images only (no caption needed, no token keys)."""
   checked, weights = _concat_checked(sources, cfg, "singlecam")
@@ -364,13 +366,15 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
 
   def gen():
     rng = np.random.default_rng([cfg.seed, process_index, 0x5343])
-    for idx, _ in sampler:
+    for step, (idx, _) in enumerate(sampler):
       ex = {"index": idx, "pid": pid[idx]}
       if tokenizer is not None:
         cap = first[idx] + rng.integers(0, count[idx])
         ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
-      yield {**ex, "patch_mask": masking.random_patch_mask(rng, b, n_patch, n_mask),
-             "seed": rng.integers(0, 2**31 - 1, size=(b, 2), dtype=np.int64)}
+      ex.update(patch_mask=masking.random_patch_mask(rng, b, n_patch, n_mask),
+                seed=rng.integers(0, 2**31 - 1, size=(b, 2), dtype=np.int64))
+      if step >= start_step:  # earlier batches are drawn (same random state) but not loaded
+        yield ex
 
   text_spec = {k: tf.TensorSpec([b, length], tf.int32) for k in text_keys}
   ds = tf.data.Dataset.from_generator(gen, output_signature={
@@ -397,18 +401,22 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
 def make_train_dataset(multicam_sources: Sources, singlecam_sources: Sources,
                        cfg: InputConfig | Mapping[str, Any], *,
                        tokenizer: TextTokenizer | None = None, multicam_captions: bool = False,
-                       process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """The endless training tf.data.Dataset of flat-keyed batches (see the module docstring)."""
+                       process_index: int = 0, process_count: int = 1,
+                       start_step: int = 0) -> tf.data.Dataset:
+  """The endless training tf.data.Dataset of flat-keyed batches (see the module docstring),
+  from batch `start_step` on: the batch of each step is the same whether a run starts there or
+  got there (a resumed run continues exactly where it stopped)."""
   cfg = as_config(cfg)
   parts = {}
   if multicam_captions and tokenizer is None:
     raise ValueError("multicam_captions needs the tokenizer")
   if multicam_sources:
-    parts["multicam"] = _multicam_dataset(multicam_sources, cfg, process_index, process_count,
+    parts["multicam"] = _multicam_dataset(multicam_sources, cfg, start_step, process_index,
+                                          process_count,
                                           tokenizer if multicam_captions else None)
   if singlecam_sources:
-    parts["singlecam"] = _singlecam_dataset(singlecam_sources, cfg, tokenizer, process_index,
-                                            process_count)
+    parts["singlecam"] = _singlecam_dataset(singlecam_sources, cfg, tokenizer, start_step,
+                                            process_index, process_count)
   if not parts:
     raise errors.ConfigError("no training sources: give multicam_sources and/or singlecam_sources")
   return tf.data.Dataset.zip(parts).map(_flatten_keys)
@@ -422,8 +430,9 @@ def _flatten_keys(parts: dict[str, dict[str, tf.Tensor]]) -> dict[str, tf.Tensor
 def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
                         cfg: InputConfig | Mapping[str, Any], *,
                         tokenizer: TextTokenizer | None = None, multicam_captions: bool = False,
-                        process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-  """Endless iterator of numpy train batches for this host.
+                        process_index: int = 0, process_count: int = 1,
+                        start_step: int = 0) -> Iterator[Batch]:
+  """Endless iterator of numpy train batches for this host, from step `start_step` on.
 
   Args:
     multicam_sources: `(records, weight)` pairs of labelled multi-camera data (ids unique across
@@ -434,8 +443,10 @@ def make_train_iterator(multicam_sources: Sources, singlecam_sources: Sources,
     multicam_captions: the multi-camera batches carry one caption per image too
       (multicam/tokens, multicam/token_mask), drawn per step among the image's captions.
     process_index, process_count: this host among all hosts (jax.process_index/count()).
+    start_step: the first batch (a resumed run's step): the batches are those an uninterrupted
+      run gets at these steps (the samplers are advanced without loading images).
   """
   ds = make_train_dataset(multicam_sources, singlecam_sources, cfg, tokenizer=tokenizer,
                           multicam_captions=multicam_captions, process_index=process_index,
-                          process_count=process_count)
+                          process_count=process_count, start_step=start_step)
   return ds.as_numpy_iterator()

@@ -4,13 +4,18 @@ Layout under the workdir:
   checkpoints/<step>/{state,meta}   the latest `keep` checkpoints (state + config/metrics as JSON)
   best/<step>/{state,meta}          the single best checkpoint by the tracked metric
 Orbax writes to a temporary folder and renames on commit, so a killed run never leaves a
-half-written checkpoint that a resume would pick up.
+half-written checkpoint that a resume would pick up. A checkpoint damaged afterwards (a
+truncated or corrupted file, garbage metadata) is reported in one line naming the step and what
+failed; resuming then falls back to the newest earlier checkpoint that reads (the damaged one is
+renamed `<step>.unreadable` so it is neither retried nor in the way of the re-trained step), and
+only when none reads is it an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +38,48 @@ def _manager(path: str, keep: int, best_metric: str | None = None) -> ocp.Checkp
       enable_async_checkpointing=False,
   )
   return ocp.CheckpointManager(os.path.abspath(path), options=options, item_names=(STATE, META))
+
+
+class UnreadableCheckpoint(Exception):
+  """One checkpoint failed to read; the message names its folder, the step and the cause."""
+
+
+def _root_cause(e: BaseException) -> str:
+  """The first line of the innermost exception of the chain (TensorStore and JSON errors name
+  the array and the file there), shortened."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _dotted(path) -> str:
+  """A tree path as orbax names the array ("opt_state.1.mu.image_encoder.kernel")."""
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
+
+
+def _check_fits(folder: str, abstract_state: Any) -> None:
+  """Raises UnreadableCheckpoint when the checkpoint's array metadata cannot be read, and
+  ConfigError when it is readable but holds other arrays or shapes than this config builds."""
+  try:
+    with _absl_level(logging.ERROR):
+      tree = ocp.PyTreeCheckpointer().metadata(os.path.join(folder, STATE)).item_metadata.tree
+    saved = {m.name: tuple(m.shape) for m in jax.tree_util.tree_leaves(tree)}
+  except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
+    raise UnreadableCheckpoint(f"{folder}: metadata unreadable: {_root_cause(e)}") from e
+  wanted = {_dotted(path): (None if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                            else tuple(x.shape))
+            for path, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+  differ = sorted(n for n in wanted.keys() | saved.keys()
+                  if n not in saved or n not in wanted
+                  or (wanted[n] is not None and wanted[n] != saved[n]))
+  if differ:
+    shown = ", ".join(f"{n} (saved {saved.get(n, 'absent')}, built {wanted.get(n, 'absent')})"
+                      for n in differ[:3])
+    raise errors.ConfigError(
+        f"checkpoint {folder} does not fit the state this config builds (were config.model, "
+        f"config.loss or config.optim changed?): {len(differ)} array(s) differ: {shown}")
 
 
 def _save_args(state: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
@@ -64,7 +111,9 @@ class Checkpointer:
       self.best.wait_until_finished()
 
   def restore(self, abstract_state: Any, step: int | None = None, which: str = "latest"):
-    """Restores (state, meta). `abstract_state` holds ShapeDtypeStructs with target shardings."""
+    """Restores (state, meta). `abstract_state` holds ShapeDtypeStructs with target shardings.
+    Raises UnreadableCheckpoint for a damaged checkpoint, ConfigError for one that does not fit
+    the config."""
     mgr = self.latest if which == "latest" else self.best
     if mgr is None:
       raise errors.ConfigError("no best-checkpoint manager: config.best_metric is not set")
@@ -72,17 +121,58 @@ class Checkpointer:
       step = mgr.best_step() if which == "best" else mgr.latest_step()
     if step is None:
       raise errors.MissingFileError(f"no {which} checkpoint under {mgr.directory}")
+    folder = os.path.join(str(mgr.directory), str(step))
+    _check_fits(folder, abstract_state)
     try:
-      out = mgr.restore(step, args=ocp.args.Composite(
-          **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
-      ))
-    except ValueError as e:
-      first = str(e).splitlines()[0] if str(e) else type(e).__name__
-      raise errors.ConfigError(
-          f"checkpoint {mgr.directory}/{step} does not fit the state this config builds "
-          f"(were config.model, config.loss or config.optim changed?): {first}"
-      ) from e
+      with _absl_level(logging.ERROR):
+        out = mgr.restore(step, args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
+    except Exception as e:  # noqa: BLE001 - the metadata fits: a failure here is damage
+      raise UnreadableCheckpoint(f"{folder}: {_root_cause(e)}") from e
     return out[STATE], out[META]
+
+  def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint that reads, None when there is none at all.
+    Each damaged one is reported in one warning and renamed aside; a `best/` newer than the
+    step resumed from is removed (that step will be trained again)."""
+    steps = sorted(self.latest.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        state, meta = self.restore(abstract_state, step)
+      except UnreadableCheckpoint as e:
+        then = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none older"
+        logging.warning("checkpoint unreadable: %s; %s", e, then)
+        self._set_aside(step)
+        continue
+      self._drop_best_after(step)
+      return step, state, meta
+    if steps:
+      raise errors.CheckpointError(
+          f"no checkpoint under {self.latest.directory} can be read (tried steps "
+          f"{', '.join(map(str, steps))}; they were renamed *.unreadable); remove the folder to "
+          "start over")
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      folder = os.path.join(str(self.latest.directory), str(step))
+      target, n = folder + ".unreadable", 1
+      while os.path.exists(target):  # the same step went bad before
+        target, n = f"{folder}.unreadable-{n}", n + 1
+      os.replace(folder, target)
+    self.latest.reload()
+
+  def _drop_best_after(self, step: int) -> None:
+    if self.best is None:
+      return
+    newer = [s for s in self.best.all_steps() if s > step]
+    for s in newer:
+      logging.warning("best checkpoint of step %d is newer than the resumed step %d: removed "
+                      "(the best is tracked again from here)", s, step)
+      if jax.process_index() == 0:
+        shutil.rmtree(os.path.join(str(self.best.directory), str(s)))
+    if newer:
+      self.best.reload()
 
   def close(self) -> None:
     self.latest.close()
@@ -107,17 +197,35 @@ def restore_variables(workdir: str, which: str = "latest", step: int | None = No
   steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) \
       else []
   if step is None and not steps:
-    raise errors.MissingFileError(f"no {which} checkpoint under {folder} (is --workdir a training "
-                            "workdir?)")
-  step = steps[-1] if step is None else step
-  if step not in steps:
+    aside = sorted(d for d in os.listdir(folder) if ".unreadable" in d) \
+        if os.path.isdir(folder) else []
+    why = (f"(set aside as unreadable by an earlier run: {', '.join(aside)})" if aside
+           else "(is --workdir a training workdir?)")
+    raise errors.MissingFileError(f"no {which} checkpoint under {folder} {why}")
+  if step is not None and step not in steps:
     raise errors.MissingFileError(f"no checkpoint for step {step} under {folder}; have {steps}")
+  candidates = [step] if step is not None else steps[::-1]
+  for i, s in enumerate(candidates):
+    try:
+      return _read_variables(folder, s, keys)
+    except UnreadableCheckpoint as e:
+      if i + 1 < len(candidates):
+        logging.warning("checkpoint unreadable: %s; falling back to step %d", e,
+                        candidates[i + 1])
+        continue
+      tried = "" if len(candidates) == 1 else f" (none of steps {candidates} reads)"
+      raise errors.CheckpointError(f"checkpoint unreadable{tried}: {e}") from e
+
+
+def _read_variables(folder: str, step: int, keys: tuple[str, ...]) -> tuple[dict, dict]:
   path = os.path.join(folder, str(step))
-  meta = ocp.CheckpointManager(folder, item_names=(STATE, META)).restore(
-      step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-  ckptr = ocp.PyTreeCheckpointer()
-  with _absl_level(logging.ERROR):  # "metadata file does not exist" for items of a composite
-    tree = ckptr.metadata(os.path.join(path, STATE)).item_metadata.tree
+  try:
+    with _absl_level(logging.ERROR):  # "metadata file does not exist" for items of a composite
+      meta = ocp.CheckpointManager(folder, item_names=(STATE, META)).restore(
+          step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+      tree = ocp.PyTreeCheckpointer().metadata(os.path.join(path, STATE)).item_metadata.tree
+  except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
+    raise UnreadableCheckpoint(f"{path}: metadata unreadable: {_root_cause(e)}") from e
   if "params" not in tree:
     raise errors.ConfigError(f"checkpoint {path} has no params in its state (keys: "
                              f"{sorted(tree)})")
@@ -126,10 +234,14 @@ def restore_variables(workdir: str, which: str = "latest", step: int | None = No
   abstract = jax.tree_util.tree_map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
       {k: tree[k] for k in present})
-  with _absl_level(logging.ERROR):
-    variables = ckptr.restore(os.path.join(path, STATE), args=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True))
+  try:
+    with _absl_level(logging.ERROR):
+      variables = ocp.PyTreeCheckpointer().restore(
+          os.path.join(path, STATE), args=ocp.args.PyTreeRestore(
+              item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+              partial_restore=True))
+  except Exception as e:  # noqa: BLE001
+    raise UnreadableCheckpoint(f"{path}: {_root_cause(e)}") from e
   return {k: variables.get(k, {}) for k in keys}, meta
 
 

@@ -94,16 +94,17 @@ def input_config(config):
 
 def train_iterator(config, sources: Sources, streams: tuple[str, ...], tokenizer,
                    start_step: int = 0):
-  """This host's endless batch iterator over the method's `streams`. A resumed run reseeds so it
-  does not replay batches."""
+  """This host's endless batch iterator over the method's `streams`, from `start_step` on: a
+  resumed run gets exactly the batches the uninterrupted run would have had."""
   import jax
 
   from input_pipeline import pipeline
 
-  cfg = dataclasses.replace(input_config(config), seed=config.seed + 1_000_003 * start_step)
+  cfg = input_config(config)
   multicam = MULTICAM in streams or MULTICAM_TEXT in streams
   return pipeline.make_train_iterator(
       sources.multicam if multicam else [], sources.singlecam if SINGLECAM in streams else [],
       cfg, tokenizer=tokenizer, multicam_captions=MULTICAM_TEXT in streams,
       process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=start_step,
   )

@@ -37,6 +37,10 @@ class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the config or a flag names does not exist."""
 
 
+class CheckpointError(UserError, OSError):
+  """No checkpoint of the workdir can be read (damaged files, an interrupted copy)."""
+
+
 class DependencyError(UserError, ImportError):
   """An optional package needed by the chosen option is not installed."""
 

@@ -25,6 +25,7 @@ from retext_jax import errors
 
 ARTIFACT = "extractor.jax_exported"
 PREPROCESSING = "preprocessing.json"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
 
 def extractor_fn(trained) -> Callable[[jax.Array], jax.Array]:

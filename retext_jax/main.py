@@ -10,6 +10,7 @@ as one line with exit code 2; any other exception is a bug and keeps its traceba
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 import traceback
 
@@ -24,8 +25,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate) or evaluate.")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                                "Which checkpoint --mode=eval restores.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "Which checkpoint --mode=eval restores: latest, best or a step number "
+    "(latest falls back to the newest readable one).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs, TPU pods).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -52,12 +54,33 @@ def main(argv) -> None:
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                jax.process_count())
   try:
+    which, step = _checkpoint_choice(_CHECKPOINT.value)
+    workdir = _checked_workdir(_WORKDIR.value, _MODE.value)
     if _MODE.value == "train":
-      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      train.train_and_evaluate(_CONFIG.value, workdir)
     else:
-      train.evaluate(_CONFIG.value, _WORKDIR.value, which=_CHECKPOINT.value)
+      train.evaluate(_CONFIG.value, workdir, which=which, step=step)
   except errors.UserError as e:
     sys.exit(errors.report(e))
+
+
+def _checked_workdir(workdir: str, mode: str) -> str:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.ConfigError(f"--workdir={workdir} is a file; give a folder (it is created "
+                             "when training starts)")
+  if mode == "eval" and not os.path.isdir(workdir):
+    raise errors.MissingFileError(f"--workdir={workdir} does not exist (--mode=eval reads the "
+                                  "checkpoints of a training workdir)")
+  return workdir
+
+
+def _checkpoint_choice(value: str) -> tuple[str, int | None]:
+  """--checkpoint: ("latest" | "best", None) or ("latest", step)."""
+  if value in ("latest", "best"):
+    return value, None
+  if value.isdigit():
+    return "latest", int(value)
+  raise errors.ConfigError(f"--checkpoint={value!r}: expected latest, best or a step number")
 
 
 def _user_error(e: BaseException | None) -> errors.UserError | None:

@@ -243,10 +243,11 @@ def _train_stage(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   run = _setup(config, workdir)
   mesh, method, state, shardings, ckpt = run.mesh, run.method, run.state, run.shardings, run.ckpt
-  start, initial, history = ckpt.latest_step() or 0, None, []
-  if start:
-    restored, meta = ckpt.restore(
-        checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)), start)
+  start, initial, history = 0, None, []
+  resumed = ckpt.restore_newest_readable(
+      checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)))
+  if resumed is not None:
+    start, restored, meta = resumed
     state = {**state, **restored}
     initial, history = meta.get("initial"), meta.get("history", [])
     logging.info("resumed from %s at step %d", workdir, start)
@@ -342,19 +343,21 @@ def _versus_baselines(final: dict, key: str = "mAP") -> list[str]:
   return lines
 
 
-def evaluate(config, workdir: str, which: str = "latest") -> dict:
+def evaluate(config, workdir: str, which: str = "latest", step: int | None = None) -> dict:
   """Rebuilds the checkpoint's model from its metadata (written on any device count, any
   method) and runs `config.evals` on `config.data.targets` with `config.eval`'s options. Reads
-  no training source, no pretrained init file and builds no optimizer."""
-  trained = inference.load(workdir, which, eval_options=config.eval)
+  no training source, no pretrained init file and builds no optimizer. `step` picks a regular
+  checkpoint by its step (results_eval_step<N>.json)."""
+  trained = inference.load(workdir, which, step, eval_options=config.eval)
   evals = evaluators.from_config(config, data.load_targets(config),
                                  list(trained.method.offered))
   results = evaluators.evaluate(evals, trained)
   final = {"config_name": config.name, "method": trained.config.get("method", "retext"),
            "step": trained.step,
-           "evals": results, "checkpoint": which}
+           "evals": results, "checkpoint": which if step is None else step}
+  name = which if step is None else f"step{step}"
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"results_eval_{which}.json"), "w") as f:
+    with open(os.path.join(workdir, f"results_eval_{name}.json"), "w") as f:
       json.dump(final, f, indent=2)
   print(f"[{config.name}] checkpoint step {trained.step}: {_summary(results, SCALARS)}")
   return final

@@ -114,6 +114,19 @@ def test_same_seed_same_batches_other_seed_different(data, tok):
   assert not np.array_equal(a[0]["singlecam/view1"], c[0]["singlecam/view1"])
 
 
+def test_a_resumed_iterator_continues_with_the_uninterrupted_batches(data, tok):
+  # 10 multi-camera identities per 4-identity batch and 10 captioned images per 6: the epochs of
+  # both samplers wrap within the skipped steps.
+  mc, sc = data
+  cfg = dict(BASE, seed=3)
+  whole = _first(pipeline.make_train_iterator([(mc, 1.0)], [(sc, 1.0)], cfg, tokenizer=tok), 7)
+  resumed = _first(pipeline.make_train_iterator([(mc, 1.0)], [(sc, 1.0)], cfg, tokenizer=tok,
+                                                start_step=4), 3)
+  for x, y in zip(whole[4:], resumed, strict=True):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
 def test_two_hosts_see_disjoint_data_covering_everything(data, tok):
   mc, sc = data
   cfg = dict(BASE, multicam_p=4, singlecam_batch_size=4)

@@ -43,6 +43,19 @@ def test_help(tool, capsys):
   assert f"retext_jax.tools.{tool}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("tool, argv, expected", [
+    (query, ["--text", "  ", "--gallery", "g.npy"], "--text is empty"),
+    (query, ["--text", "a man", "--gallery", "g.npy", "--topk", "-1"], "--topk -1: expected a "
+                                                                       "positive number"),
+    (query, ["--text", "a man", "--gallery", "g.npy", "--topk", "x"], "--topk: invalid int"),
+    (export_tool, ["--out", "o", "--platforms", "cpu,gpu"], "gpu is 'cuda' or 'rocm'"),
+])
+def test_argument_mistakes_are_one_error_line(tool, argv, expected, tmp_path, capsys):
+  assert tool.main(["--workdir", str(tmp_path), *argv]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+
+
 def test_extract_safetensors_and_npy_hold_features_ids_and_paths(trained, tmp_path):
   model, root = trained
   spec = _gallery_spec(root)

@@ -9,11 +9,13 @@ stopping the run with the last good checkpoint intact.
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -143,6 +145,66 @@ def test_sigkill_then_resume_reaches_final_step(tmp_path, cache):
   assert max(_steps(wd)) == killed_at + 4
 
 
+def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, cache):
+  # The full tiny ReText (every stream and random draw: sampling, augmentation, captions, patch
+  # masks, dropout). "cut" is the uninterrupted run's workdir as a kill after the step-3
+  # checkpoint leaves it (with a best/ of step 6 that a kill between the best and the regular
+  # save leaves); resumed, it must reach the same step-6 model and metrics.
+  import orbax.checkpoint as ocp
+
+  whole, cut = tmp_path / "whole", tmp_path / "cut"
+  args = ["--config.total_steps=6", "--config.checkpoint_every=3", "--config.eval_every=6"]
+  _run("configs/retext.py:tiny", str(whole), cache, *args)
+  shutil.copytree(whole, cut)
+  shutil.rmtree(cut / "checkpoints" / "6")
+  os.remove(cut / "results.json")
+  out = _run("configs/retext.py:tiny", str(cut), cache, *args)
+  assert f"resumed from {cut} at step 3" in out.stderr
+  assert "best checkpoint of step 6 is newer than the resumed step 3: removed" in out.stderr
+  assert os.listdir(cut / "best") == ["6"]  # saved again by the resumed run
+  a, b = (json.load(open(w / "results.json"))["evals"] for w in (whole, cut))
+  assert a == b
+  restore = lambda w: ocp.StandardCheckpointer().restore(  # noqa: E731
+      os.path.abspath(w / "checkpoints" / "6" / "state"))
+  leaves_a, leaves_b = (jax.tree_util.tree_leaves_with_path(restore(w)) for w in (whole, cut))
+  assert len(leaves_a) == len(leaves_b) > 50
+  raw = lambda x: np.asarray(  # noqa: E731
+      jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+  for (path, x), (_, y) in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(raw(x), raw(y), err_msg=jax.tree_util.keystr(path))
+
+
+def _damage(step_dir):
+  """Truncates every array file of a checkpoint to half its size."""
+  for path in glob.glob(f"{step_dir}/state/ocdbt.process_0/d/*"):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_checkpoints_fall_back_or_fail_in_one_line(tmp_path, cache):
+  wd = str(tmp_path / "wd")
+  args = ["--config.checkpoint_every=2", "--config.eval_every=0"]
+  _run(NO_TEXT, wd, cache, "--config.total_steps=4", *args)
+  _damage(f"{wd}/checkpoints/4")
+  ev = _run(NO_TEXT, wd, cache, "--mode=eval")  # evaluation falls back to step 2 as well
+  assert "checkpoints/4: " in ev.stderr and "falling back to step 2" in ev.stderr
+  assert json.load(open(f"{wd}/results_eval_latest.json"))["step"] == 2
+  out = _run(NO_TEXT, wd, cache, "--config.total_steps=6", *args)
+  warned = [x for x in out.stderr.splitlines() if "checkpoint unreadable" in x]
+  assert len(warned) == 1 and "checkpoints/4: " in warned[0], out.stderr[-3000:]
+  assert "falling back to step 2" in warned[0] and f"resumed from {wd} at step 2" in out.stderr
+  assert _steps(wd) == [4, 6] and os.path.isdir(f"{wd}/checkpoints/4.unreadable")
+  for step in _steps(wd):
+    _damage(f"{wd}/checkpoints/{step}")
+  for extra, expected in ((["--mode=eval"], "none of steps [6, 4] reads"),
+                          (["--config.total_steps=8", *args], "can be read (tried steps 6, 4"),
+                          (["--mode=eval"], "set aside as unreadable by an earlier run")):
+    bad = _run(NO_TEXT, wd, cache, *extra, check=False)
+    errors = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-3000:]
+    assert expected in errors[0] and "Traceback" not in bad.stderr
+
+
 def test_sigterm_saves_current_step(tmp_path, cache):
   wd = str(tmp_path / "wd")
   args = ["--config.total_steps=100000", "--config.checkpoint_every=3",
@@ -161,7 +223,10 @@ def test_sigterm_saves_current_step(tmp_path, cache):
 
 @pytest.mark.parametrize("config, extra, expected", [
     ("configs/retext.py:demoo", [], "unknown preset 'demoo' in configs/retext.py"),
-    ("configs/bot.py:tiny,steps=abc", [], "config override steps='abc': expected a int"),
+    ("configs/bot.py:tiny,steps=abc", [], "config override steps='abc': expected an integer"),
+    ("configs/bot.py:tiny,steps=2.7", [], "config override steps='2.7': expected an integer"),
+    (NO_TEXT, ["--mode=eval", "--checkpoint=last"], "--checkpoint='last': expected latest, best"),
+    (NO_TEXT, ["--mode=eval"], "does not exist (--mode=eval reads the checkpoints"),
     (NO_TEXT, ["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
     (NO_TEXT, ["--config.total_step=10"], "unknown config key 'total_step' in a --config "
                                           "override (Did you mean \"total_steps\""),
@@ -176,6 +241,13 @@ def test_user_errors_are_one_line(tmp_path, cache, config, extra, expected):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, cache):
+  (tmp_path / "file").write_text("")
+  proc = _run(NO_TEXT, str(tmp_path / "file"), cache, check=False)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and "is a file; give a folder" in errors[0]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):

@@ -25,9 +25,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse whose mistakes are user errors: `run` prints them as one `error:` line, exit 2."""
+
+  def error(self, message: str):
+    raise errors.ConfigError(f"{self.prog}: {message} (see --help)")
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-  return argparse.ArgumentParser(prog=f"python -m retext_jax.tools.{prog}", description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+  return _Parser(prog=f"python -m retext_jax.tools.{prog}", description=doc,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -38,6 +38,10 @@ def _main(argv: list[str] | None) -> int:
                  help="jax_export: comma-separated cpu, cuda, rocm, tpu (lowered for each)")
   args = p.parse_args(argv)
   platforms = tuple(x.strip() for x in args.platforms.split(",") if x.strip())
+  unknown = [x for x in platforms if x not in export.PLATFORMS]
+  if unknown or not platforms:
+    p.error(f"--platforms {args.platforms!r}: expected a comma-separated subset of "
+            f"{', '.join(export.PLATFORMS)} (JAX's names: gpu is 'cuda' or 'rocm')")
   trained = common.load_model(args)
   if args.format == "saved_model":
     path, what = export.export_saved_model(trained, args.out), "TF SavedModel"

@@ -62,6 +62,10 @@ def _main(argv: list[str] | None) -> int:
   args = p.parse_args(argv)
   if sum(bool(x) for x in (args.gallery, args.gallery_images, args.gallery_dataset)) != 1:
     p.error("give exactly one of --gallery, --gallery_images, --gallery_dataset")
+  if args.text is not None and not args.text.strip():
+    p.error("--text is empty: describe the person to look for")
+  if args.topk < 1:
+    p.error(f"--topk {args.topk}: expected a positive number of results")
   trained = common.load_model(args)
   if args.text is not None:
     kind, what = "matching", repr(args.text)

@@ -1,0 +1,125 @@
+"""Kill -9 / resume drill: is a preempted run the same as one that was not preempted?
+
+    python benchmarks/resume_drill.py                 # N=10 on the tiny preset (~25 min, 2 cores)
+    python benchmarks/resume_drill.py -n 3 --steps 12
+
+One uninterrupted run gives the reference. Then, N times: the same command in a fresh workdir,
+SIGKILL at a random moment of its run time, the same command again until it finishes. Each
+drill counts as resumed (the second run finished), exact (its final metrics equal the
+reference's to 1e-6) and corrupt (a checkpoint could not be read). Prints a table and writes
+benchmarks/results/resume_drill.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(workdir: str, steps: int, every: int, cache: str) -> list[str]:
+  return [sys.executable, "-m", "retext_jax.main",
+          f"--config=configs/retext.py:tiny,steps={steps}", f"--workdir={workdir}",
+          f"--config.checkpoint_every={every}", f"--config.eval_every={steps}",
+          f"--config.data.cache_dir={cache}"]
+
+
+def finish(cmd: list[str], log: str) -> tuple[float, str]:
+  """Runs `cmd` to the end; (seconds, stderr). A failure prints the end of its log."""
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  with open(log, "a") as f:
+    f.write(proc.stderr)
+  if proc.returncode:
+    raise SystemExit(f"run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return time.perf_counter() - t0, proc.stderr
+
+
+def final_metrics(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)["evals"]
+
+
+def max_gap(a: dict, b: dict) -> float:
+  """Largest absolute difference between two nested metric dicts (inf if keys differ)."""
+  if isinstance(a, dict):
+    if not isinstance(b, dict) or a.keys() != b.keys():
+      return float("inf")
+    return max((max_gap(a[k], b[k]) for k in a), default=0.0)
+  return abs(float(a) - float(b))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("-n", type=int, default=10, help="kill/resume drills")
+  ap.add_argument("--steps", type=int, default=30)
+  ap.add_argument("--checkpoint_every", type=int, default=5)
+  ap.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
+  ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                                "resume_drill.json"))
+  args = ap.parse_args()
+  rng = random.Random(args.seed)
+  tmp = tempfile.mkdtemp(prefix="resume_drill_")
+  cache, log = os.path.join(tmp, "cache"), os.path.join(tmp, "runs.log")
+  try:
+    ref_dir = os.path.join(tmp, "reference")
+    ref_s, _ = finish(command(ref_dir, args.steps, args.checkpoint_every, cache), log)
+    reference = final_metrics(ref_dir)
+    rows = []
+    for i in range(args.n):
+      wd = os.path.join(tmp, f"drill_{i}")
+      cmd = command(wd, args.steps, args.checkpoint_every, cache)
+      kill_at = rng.uniform(0.05, 1.0) * ref_s
+      proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+      try:
+        proc.wait(timeout=kill_at)
+        killed = False  # finished before the kill moment
+      except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed = True
+      steps = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints"))
+                     if d.isdigit()) if os.path.isdir(os.path.join(wd, "checkpoints")) else []
+      _, err = finish(cmd, log)
+      gap = max_gap(final_metrics(wd), reference)
+      rows.append({"drill": i, "kill_after_s": round(kill_at, 1), "killed": killed,
+                   "checkpoints_at_kill": steps,
+                   "resumed_from": max(steps) if steps and "resumed from" in err else 0,
+                   "finished": True, "exact": gap <= 1e-6, "max_metric_gap": gap,
+                   "unreadable_checkpoints": err.count("checkpoint unreadable")})
+      r = rows[-1]
+      print(f"drill {i}: killed after {r['kill_after_s']} s at checkpoints {steps}, resumed "
+            f"from step {r['resumed_from']}, exact={r['exact']} (gap {gap:.1e}), "
+            f"unreadable={r['unreadable_checkpoints']}", flush=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  n = len(rows)
+  resumed = sum(r["resumed_from"] > 0 for r in rows)
+  summary = {"drills": n, "finished": sum(r["finished"] for r in rows),
+             "resumed_from_a_checkpoint": resumed, "exact": sum(r["exact"] for r in rows),
+             "runs_with_unreadable_checkpoints": sum(r["unreadable_checkpoints"] > 0
+                                                     for r in rows),
+             "reference_seconds": ref_s}
+  print("\n| drills | finished | resumed from a checkpoint | exact | unreadable checkpoints |")
+  print("|---|---|---|---|---|")
+  print(f"| {n} | {summary['finished']}/{n} | {resumed}/{n} | {summary['exact']}/{n} | "
+        f"{summary['runs_with_unreadable_checkpoints']} |")
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"summary": summary, "steps": args.steps,
+               "checkpoint_every": args.checkpoint_every, "rows": rows}, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
