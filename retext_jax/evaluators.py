@@ -201,6 +201,7 @@ class ReIDEvaluator:
   """Image Re-ID on query/gallery targets with the "reid" (or "matching") image features."""
 
   needs = {"reid": ("reid",), "matching": ("image_embed",)}
+  splits = ("query", "gallery")
 
   def __init__(self, targets: Mapping[str, Any], batch_size: int, max_rank: int = 50,
                features: str = "reid", rerank: bool = False):
@@ -222,6 +223,7 @@ class TextEvaluator:
   """Text-to-image retrieval on captioned test splits (image and text matching embeddings)."""
 
   predict_fns = ("image_embed", "text_embed")
+  splits = ("test",)
 
   def __init__(self, targets: Mapping[str, Any], batch_size: int, max_rank: int = 50):
     self.targets, self.batch_size, self.max_rank = dict(targets), batch_size, max_rank
@@ -266,6 +268,11 @@ def from_config(config, targets: Mapping[str, Any], offered: Sequence[str]) -> d
     if missing:
       raise errors.ConfigError(f"config.evals.{name} ({kind}) needs {missing}, which the "
                                f"{config.method} model does not offer ({', '.join(offered)})")
+    for t, ds in evaluator.targets.items():  # now, not after training
+      empty = [split for split in evaluator.splits if not ds.split(split)]
+      if empty:
+        raise errors.DataError(f"config.evals.{name}: target {t} ({ds.name} at {ds.root}) has "
+                               f"no {' and no '.join(empty)} images")
     out[name] = evaluator
   return out
 

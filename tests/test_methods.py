@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from input_pipeline import masking
+from input_pipeline import masking, records
 from input_pipeline.pipeline import InputConfig
 from retext_jax import errors, evaluators, methods
 from retext_jax.methods import base
@@ -149,3 +149,12 @@ def test_evaluators_check_what_the_method_offers():
   c.evals = {"x": dict(type="reid", features="matching")}
   with pytest.raises(errors.ConfigError, match="image_embed"):
     evaluators.from_config(c, {"target": object()}, ["reid"])
+  # A split the evaluator reads is empty: an error at start naming target, dataset and folder.
+  c.evals = {"x": dict(type="reid")}
+  full = records.ReIDDataset("mine", "/data/mine", query=[records.Record("q.jpg", 1, 0, "query")],
+                             gallery=[records.Record("g.jpg", 1, 1, "gallery")])
+  assert list(evaluators.from_config(c, {"target": full}, ["reid"])) == ["x"]
+  no_query = records.ReIDDataset("mine", "/data/mine", gallery=full.gallery)
+  with pytest.raises(errors.DataError, match="target target .mine at /data/mine. has no query "
+                                             "images"):
+    evaluators.from_config(c, {"target": no_query}, ["reid"])
