@@ -8,6 +8,7 @@ disjoint id ranges (one classifier over all of them), and builds the tf.data ite
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 
@@ -93,18 +94,59 @@ def input_config(config):
 
 
 def train_iterator(config, sources: Sources, streams: tuple[str, ...], tokenizer,
-                   start_step: int = 0):
+                   start_step: int = 0, undecodable_file: str | None = None):
   """This host's endless batch iterator over the method's `streams`, from `start_step` on: a
-  resumed run gets exactly the batches the uninterrupted run would have had."""
-  import jax
+  resumed run gets exactly the batches the uninterrupted run would have had.
 
-  from input_pipeline import pipeline
+  A training image that passes the up-front check but fails to decode stops the pipeline at
+  the batch that holds it. The iterator then decodes every training image (threads; ~0.5 ms
+  each, once), skips the ones that fail by name (or raises under on_bad_image="error"), records
+  them in `undecodable_file` (a resumed run leaves them out from the start, so it still follows
+  the uninterrupted run) and rebuilds the pipeline at the same step without them."""
+  import jax
+  import tensorflow as tf
+
+  from input_pipeline import images, pipeline
 
   cfg = input_config(config)
   multicam = MULTICAM in streams or MULTICAM_TEXT in streams
-  return pipeline.make_train_iterator(
-      sources.multicam if multicam else [], sources.singlecam if SINGLECAM in streams else [],
-      cfg, tokenizer=tokenizer, multicam_captions=MULTICAM_TEXT in streams,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start_step,
-  )
+  parts = (sources.multicam if multicam else [], sources.singlecam if SINGLECAM in streams else [])
+  excluded = set(_read_json_list(undecodable_file))
+
+  def build(step: int):
+    kept = [[([r for r in recs if r.path not in excluded], w) for recs, w in part]
+            for part in parts]
+    return pipeline.make_train_iterator(
+        *kept, cfg, tokenizer=tokenizer, multicam_captions=MULTICAM_TEXT in streams,
+        process_index=jax.process_index(), process_count=jax.process_count(), start_step=step)
+
+  step, batches = start_step, build(start_step)
+  while True:
+    try:
+      batch = next(batches)
+    except tf.errors.InvalidArgumentError:
+      records = [r for part in parts for recs, _ in part for r in recs if r.path not in excluded]
+      ok = images.usable(records, level="decode", on_bad_image=cfg.on_bad_image,
+                         what=f"training images (a batch failed to decode at step {step + 1})")
+      bad = [r.path for r, good in zip(records, ok, strict=True) if not good]
+      if not bad:  # every image decodes: the failure is something else
+        raise
+      excluded.update(bad)
+      if undecodable_file and jax.process_index() == 0:
+        with open(undecodable_file, "w") as f:
+          json.dump(sorted(excluded), f, indent=0)
+      batches = build(step)
+      continue
+    step += 1
+    yield batch
+
+
+def _read_json_list(path: str | None) -> list[str]:
+  if not path or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    try:
+      return list(json.load(f))
+    except json.JSONDecodeError as e:
+      raise errors.DataError(f"{path}: not the JSON list of undecodable images this project "
+                             f"writes ({e}); delete it to check the images again") from None

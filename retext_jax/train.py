@@ -268,7 +268,9 @@ def _train_stage(config, workdir: str) -> dict:
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
   )
   train_iter = _on_device(
-      data.train_iterator(config, run.sources, method.streams, run.tokenizer, start), mesh)
+      data.train_iterator(config, run.sources, method.streams, run.tokenizer, start,
+                          undecodable_file=os.path.join(workdir, "undecodable_images.json")),
+      mesh)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   if start == 0 and config.eval_every:

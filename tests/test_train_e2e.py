@@ -243,6 +243,29 @@ def test_user_errors_are_one_line(tmp_path, cache, config, extra, expected):
   assert "Traceback" not in proc.stderr
 
 
+def test_training_images_that_do_not_decode_are_skipped_by_name(tmp_path, cache):
+  # JPEGs corrupt inside (valid header and end marker) pass the up-front check; the pipeline
+  # fails on them mid-training, and the run must name, count and skip them (or stop under
+  # on_bad_image=error), never die with TensorFlow's decode error.
+  from pipeline_utils import corrupt_jpeg_middle
+
+  _run(NO_TEXT, str(tmp_path / "render"), cache, "--config.total_steps=1",
+       "--config.eval_every=0")  # the tiny benchmark exists in `cache` from here on
+  mine = tmp_path / "cache"
+  shutil.copytree(cache, mine)
+  train = sorted(glob.glob(f"{mine}/tiny_seed0/source_market/bounding_box_train/*.jpg"))
+  bad = sorted(corrupt_jpeg_middle(p, p) for p in train[::4])
+  wd = tmp_path / "wd"
+  out = _run(NO_TEXT, str(wd), str(mine), "--config.total_steps=4", "--config.eval_every=0")
+  assert f"skipped {len(bad)} bad image(s) of" in out.stderr and os.path.basename(bad[0]) in \
+      out.stderr and "Traceback" not in out.stderr
+  assert json.load(open(wd / "undecodable_images.json")) == bad
+  strict = _run(NO_TEXT, str(tmp_path / "strict"), str(mine), "--config.total_steps=4",
+                "--config.eval_every=0", "--config.input.on_bad_image=error", check=False)
+  errors = [x for x in strict.stderr.splitlines() if x.startswith("error:")]
+  assert strict.returncode == 2 and len(errors) == 1 and "does not decode" in errors[0]
+
+
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path, cache):
   (tmp_path / "file").write_text("")
   proc = _run(NO_TEXT, str(tmp_path / "file"), cache, check=False)
