@@ -70,6 +70,19 @@ def test_market1501_direct_layout_like_the_synthetic_benchmark(tmp_path):
   assert len(ds.train) == 5
 
 
+def test_links_that_point_nowhere_or_loop_are_counted_and_skipped(tmp_path, caplog):
+  base = _write_market(tmp_path / "domain_a")
+  train = base / "bounding_box_train"
+  os.symlink(train / "0099_c1s1_000001_01.jpg", train / "0011_c1s1_000001_01.jpg")  # nowhere
+  os.symlink(train / "0012_c1s1_000002_01.jpg", train / "0012_c1s1_000002_01.jpg")  # a loop
+  os.symlink(train / MARKET_TRAIN[0], train / "0013_c1s1_000003_01.jpg")  # a working link
+  with caplog.at_level("WARNING"):
+    ds = registry.get_dataset("market1501", str(base))
+  assert len(ds.train) == 6  # the five files and the working link
+  assert "skipped 2 image link(s) that point nowhere or loop: 0011_c1s1_000001_01.jpg, " \
+      "0012_c1s1_000002_01.jpg" in caplog.text
+
+
 def test_market1501_combineall_merges_everything_but_junk_and_distractors(market_parent):
   ds = registry.get_dataset("market1501", str(market_parent), combineall=True)
   assert (len(ds.train), len(ds.query), len(ds.gallery)) == (5 + 3 + 2, 0, 0)

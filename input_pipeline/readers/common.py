@@ -103,10 +103,26 @@ def require_dir(path: str, *, dataset: str, layout: str) -> str:
 
 
 def list_images(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[str]:
-  """Sorted absolute paths of the image files directly inside `folder` (extension ignores case)."""
+  """Sorted absolute paths of the image files directly inside `folder` (extension ignores case).
+  Symbolic links that point nowhere or loop are skipped, counted and named in a warning."""
   exts = tuple(e.lower() for e in extensions)
+  names, dangling = [], []
   with os.scandir(folder) as it:
-    names = [e.name for e in it if e.is_file() and e.name.lower().endswith(exts)]
+    for e in it:
+      if not e.name.lower().endswith(exts):
+        continue
+      try:
+        is_file = e.is_file()  # follows links: False for a link to nothing
+      except OSError:  # a loop of links (ELOOP)
+        is_file = False
+      if is_file:
+        names.append(e.name)
+      elif e.is_symlink():
+        dangling.append(e.name)
+  if dangling:
+    dangling.sort()
+    logging.warning("%s: skipped %d image link(s) that point nowhere or loop: %s%s", folder,
+                    len(dangling), ", ".join(dangling[:5]), ", ..." if len(dangling) > 5 else "")
   return [os.path.join(os.path.abspath(folder), n) for n in sorted(names)]
 
 
