@@ -75,7 +75,9 @@ def test_custom_json_and_list_file_as_root(tmp_path):
      ("path,pid,camid,split\na.jpg,1,0,training\n", r"line 2: split must be one of"),
      ("path,pid,camid,split\na.jpg,1,0\n", r"line 2: expected 4 comma-separated fields"),
      ("path,pid,camid,split\na.jpg,1,0,train\na.jpg,2,0,train\n", r"listed again"),
-     ("path,pid,camid,split\na.jpg,1,-3,train\n", r"camid must be >= -1")],
+     ("path,pid,camid,split\na.jpg,1,-3,train\n", r"camid must be >= -1"),
+     ("path,pid,camid,split\na.jpg,1,0,train\n../a.jpg,1,0,train\n",
+      r"line 3: path '../a.jpg' leaves the list file's folder")],
 )
 def test_custom_bad_rows_name_file_and_line(tmp_path, text, match):
   write_image(str(tmp_path / "a.jpg"))
@@ -84,6 +86,19 @@ def test_custom_bad_rows_name_file_and_line(tmp_path, text, match):
   with pytest.raises(common.AnnotationError, match=match) as e:
     registry.get_dataset("custom", str(tmp_path))
   assert str(tmp_path / "annotations.csv") in str(e.value)
+
+
+def test_an_image_listed_twice_in_a_split_is_an_error_naming_it():
+  # What every reader returns goes through make_dataset: one file is one record per split.
+  from input_pipeline.records import Record
+
+  a, b = Record("/d/a.jpg", 1, 0, "train"), Record("/d/b.jpg", 2, 0, "train")
+  assert len(common.make_dataset("d", "/d", train=[a, b], query=[a]).train) == 2
+  with pytest.raises(common.AnnotationError, match="1 image.s. of the train split are listed more "
+                                                   "than once; first: /d/a.jpg twice under"):
+    common.make_dataset("d", "/d", train=[a, b, a])
+  with pytest.raises(common.AnnotationError, match="under identities 1 and 2"):
+    common.make_dataset("d", "/d", gallery=[a, Record("/d/a.jpg", 2, 1, "gallery")])
 
 
 def test_custom_missing_image_and_missing_list(tmp_path):

@@ -267,6 +267,7 @@ def make_dataset(
   def stamp(recs: Sequence[Record]) -> list[Record]:
     return [dataclasses.replace(r, dataset=name) for r in recs]
 
+  _check_unique(name, {"train": train, "query": query, "gallery": gallery, "test": test})
   train = records_lib.relabel(train) if relabel_train else list(train)
   ds = ReIDDataset(
       name=name, root=root, train=stamp(train), query=stamp(query), gallery=stamp(gallery),
@@ -274,6 +275,25 @@ def make_dataset(
   )
   ds.skipped = dict(skipped or {})  # type: ignore[attr-defined]
   return ds
+
+
+def _check_unique(name: str, splits: Mapping[str, Sequence[Record]]) -> None:
+  """Within a split, one image is one record: the same file twice is an error naming it (twice
+  under one identity would count it double; under two identities its label is unknowable)."""
+  for split, recs in splits.items():
+    seen: dict[str, Record] = {}
+    repeated = []
+    for r in recs:
+      if r.path in seen:
+        repeated.append((seen[r.path], r))
+      seen.setdefault(r.path, r)
+    if repeated:
+      first, again = repeated[0]
+      what = (f"under identities {first.pid} and {again.pid}" if first.pid != again.pid
+              else f"twice under identity {first.pid}")
+      raise AnnotationError(
+          f"{name}: {len(repeated)} image(s) of the {split} split are listed more than once; "
+          f"first: {first.path} {what}")
 
 
 def skipped(ds: ReIDDataset) -> dict[str, int]:

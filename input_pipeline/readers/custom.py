@@ -15,7 +15,8 @@ JSON (`annotations.json`), a list of objects with the same keys (`caption` a str
     [{"path": "train/0001_a.jpg", "pid": 1, "camid": 0, "split": "train",
       "captions": ["a man in a red jacket", "a man with a black backpack"]}]
 
-Rules: `path` is relative to the folder of the list file (absolute paths are kept); `pid` and
+Rules: `path` is relative to the folder of the list file and stays inside it (`../` is an
+error; absolute paths are kept, for images elsewhere); `pid` and
 `camid` are integers (camid -1 = unknown camera); `split` is train, query, gallery or test;
 `caption` is optional. Training ids are relabelled 0..N-1 in sorted order, the others keep your
 values. An image listed on several rows is one record whose captions are the rows' captions.
@@ -186,4 +187,8 @@ def _parse_row(row: dict, where: str, base: str) -> Record:
   if not isinstance(rel, str) or not rel.strip():
     raise common.AnnotationError(f"{NAME}: {where}: path must be a non-empty string, got {rel!r}")
   path = os.path.normpath(os.path.join(base, rel.strip()))
+  if not os.path.isabs(rel.strip()) and os.path.relpath(path, base).startswith(os.pardir):
+    raise common.AnnotationError(
+        f"{NAME}: {where}: path {rel!r} leaves the list file's folder {base}; give an absolute "
+        "path to use images elsewhere")
   return Record(path=path, pid=values["pid"], camid=values["camid"], split=split)
