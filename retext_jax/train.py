@@ -108,10 +108,10 @@ class _PendingMetrics:
 def _on_device(batches: Iterator[dict], mesh, ahead: int = 2) -> Iterator[dict]:
   """Places batches on the mesh `ahead` steps early (device_put is asynchronous, so the copy
   of the next batch overlaps the current step)."""
-  queue = collections.deque(sharding.global_batch(next(batches), mesh) for _ in range(ahead))
+  placed = collections.deque(sharding.global_batch(next(batches), mesh) for _ in range(ahead))
   while True:
-    queue.append(sharding.global_batch(next(batches), mesh))
-    yield queue.popleft()
+    placed.append(sharding.global_batch(next(batches), mesh))
+    yield placed.popleft()
 
 
 class _Profile:
