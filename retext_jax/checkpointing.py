@@ -59,12 +59,17 @@ def _dotted(path) -> str:
                   for k in path)
 
 
+def _array_metadata(step_dir: str) -> dict:
+  """The saved state's tree of array metadata (shapes, dtypes, names), read without the data."""
+  with _absl_level(logging.ERROR):  # "metadata file does not exist" for items of a composite
+    return ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, STATE)).item_metadata.tree
+
+
 def _check_fits(folder: str, abstract_state: Any) -> None:
   """Raises UnreadableCheckpoint when the checkpoint's array metadata cannot be read, and
   ConfigError when it is readable but holds other arrays or shapes than this config builds."""
   try:
-    with _absl_level(logging.ERROR):
-      tree = ocp.PyTreeCheckpointer().metadata(os.path.join(folder, STATE)).item_metadata.tree
+    tree = _array_metadata(folder)
     saved = {m.name: tuple(m.shape) for m in jax.tree_util.tree_leaves(tree)}
   except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
     raise UnreadableCheckpoint(f"{folder}: metadata unreadable: {_root_cause(e)}") from e
@@ -223,7 +228,7 @@ def _read_variables(folder: str, step: int, keys: tuple[str, ...]) -> tuple[dict
     with _absl_level(logging.ERROR):  # "metadata file does not exist" for items of a composite
       meta = ocp.CheckpointManager(folder, item_names=(STATE, META)).restore(
           step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-      tree = ocp.PyTreeCheckpointer().metadata(os.path.join(path, STATE)).item_metadata.tree
+    tree = _array_metadata(path)
   except Exception as e:  # noqa: BLE001 - any failure to read is a damaged checkpoint
     raise UnreadableCheckpoint(f"{path}: metadata unreadable: {_root_cause(e)}") from e
   if "params" not in tree:
