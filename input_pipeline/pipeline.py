@@ -21,8 +21,12 @@ part has sources):
   singlecam/patch_mask bool   [B, N]          True = masked; exactly round(mask_ratio * N) per row
 
 Which records form a batch is decided in numpy (`sampling.py`: PK identities, weighted source
-mixing, per-host shards, epochs); tf.data reads, decodes and augments them in parallel with
-stateless seeds, so a seed fixes every batch. Captions are tokenised once, up front.
+mixing, epochs); tf.data reads, decodes and augments them in parallel with stateless seeds, so a
+seed fixes every batch. Captions are tokenised once, up front.
+
+Several hosts: every host draws the same global batch (record positions, caption choices, patch
+masks, augmentation seeds) and loads only its own contiguous rows of it, host h rows
+[h*n/H, (h+1)*n/H). The global batch of a step is therefore the same on any number of hosts.
 """
 
 from __future__ import annotations
@@ -223,6 +227,12 @@ def _concat_checked(sources: Sources, cfg: InputConfig, part: str
 # ---------------------------------------------------------------- multi-camera (PK) part
 
 
+def _host_rows(batch: dict[str, np.ndarray], process_index: int, rows: int
+               ) -> dict[str, np.ndarray]:
+  """This host's `rows` consecutive rows of a global batch."""
+  return {k: v[process_index * rows:(process_index + 1) * rows] for k, v in batch.items()}
+
+
 def _multicam_dataset(sources: Sources, cfg: InputConfig, start_step: int, process_index: int,
                       process_count: int, tokenizer: TextTokenizer | None = None
                       ) -> tf.data.Dataset:
@@ -243,16 +253,14 @@ def _multicam_dataset(sources: Sources, cfg: InputConfig, start_step: int, proce
   paths = tf.constant([r.path for r in flat])
   pid = np.asarray([r.pid for r in flat], np.int32)
   camid = np.asarray([r.camid for r in flat], np.int32)
-  p = per_host(cfg.multicam_p, "multicam_p", process_count)
   k = cfg.multicam_k
-  sampler = sampling.PKSampler([np.asarray([r.pid for r in src]) for src in recs], weights, p, k,
-                               cfg.seed, process_index, process_count)
-
+  n = per_host(cfg.multicam_p, "multicam_p", process_count) * k
+  sampler = sampling.PKSampler([np.asarray([r.pid for r in src]) for src in recs], weights,
+                               cfg.multicam_p, k, cfg.seed)
   text_keys = ("tokens", "token_mask") if tokenizer is not None else ()
-  n = p * k
 
   def gen():
-    rng = np.random.default_rng([cfg.seed, process_index, 0x4D43])
+    rng = np.random.default_rng([cfg.seed, sampling.STREAM, 0x4D43])
     for step, (idx, _) in enumerate(sampler):
       ex = {"index": idx, "pid": pid[idx], "camid": camid[idx],
             "seed": rng.integers(0, 2**31 - 1, size=(len(idx), 2), dtype=np.int64)}
@@ -260,7 +268,7 @@ def _multicam_dataset(sources: Sources, cfg: InputConfig, start_step: int, proce
         cap = first[idx] + rng.integers(0, count[idx])
         ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
       if step >= start_step:  # earlier batches are drawn (same random state) but not loaded
-        yield ex
+        yield _host_rows(ex, process_index, n)
 
   ds = tf.data.Dataset.from_generator(gen, output_signature={
       "index": tf.TensorSpec([n], tf.int64), "pid": tf.TensorSpec([n], tf.int32),
@@ -350,31 +358,27 @@ def _singlecam_dataset(sources: Sources, cfg: InputConfig, tokenizer: TextTokeni
     caps.extend(c)
   flat = [r for src in recs for r in src]
   b = per_host(cfg.singlecam_batch_size, "singlecam_batch_size", process_count)
-  sampler = sampling.StreamSampler([len(s) for s in recs], weights, b, cfg.seed, process_index,
-                                   process_count)
+  width = cfg.singlecam_batch_size
+  sampler = sampling.StreamSampler([len(s) for s in recs], weights, width, cfg.seed)
   if tokenizer is not None:
-    # Only this host's records are tokenised (the others' captions are never drawn here).
-    mine = np.zeros(len(flat), bool)
-    mine[sampler.host_items()] = True
-    ids, tmask, first, count = tokenize_captions(
-        [c if m else [] for c, m in zip(caps, mine, strict=True)], tokenizer, cfg.max_text_len,
-        cfg.unk_threshold, cfg.unk_probe)
+    ids, tmask, first, count = tokenize_captions(caps, tokenizer, cfg.max_text_len,
+                                                 cfg.unk_threshold, cfg.unk_probe)
   paths = tf.constant([r.path for r in flat])
   pid = np.asarray([r.pid for r in flat], np.int32)
   n_patch, n_mask, length = cfg.num_patches, cfg.num_masked, cfg.max_text_len
   text_keys = ("tokens", "token_mask") if tokenizer is not None else ()
 
   def gen():
-    rng = np.random.default_rng([cfg.seed, process_index, 0x5343])
+    rng = np.random.default_rng([cfg.seed, sampling.STREAM, 0x5343])
     for step, (idx, _) in enumerate(sampler):
       ex = {"index": idx, "pid": pid[idx]}
       if tokenizer is not None:
         cap = first[idx] + rng.integers(0, count[idx])
         ex.update(tokens=ids[cap].astype(np.int32), token_mask=tmask[cap].astype(np.int32))
-      ex.update(patch_mask=masking.random_patch_mask(rng, b, n_patch, n_mask),
-                seed=rng.integers(0, 2**31 - 1, size=(b, 2), dtype=np.int64))
+      ex.update(patch_mask=masking.random_patch_mask(rng, width, n_patch, n_mask),
+                seed=rng.integers(0, 2**31 - 1, size=(width, 2), dtype=np.int64))
       if step >= start_step:  # earlier batches are drawn (same random state) but not loaded
-        yield ex
+        yield _host_rows(ex, process_index, b)
 
   text_spec = {k: tf.TensorSpec([b, length], tf.int32) for k in text_keys}
   ds = tf.data.Dataset.from_generator(gen, output_signature={

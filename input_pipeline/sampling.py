@@ -8,10 +8,11 @@ Mixing several sources: every *slot* of a batch (an identity slot for PK batches
 the stream) picks its source by the configured weights, so the expected share of each source in
 every batch is exactly its weight, batches mix domains (triplet negatives come from several
 sources), and no source ever needs to be exhausted in step with another. Each source keeps its own
-epoch: a fresh permutation of its (host-local) identities / images once the previous one is used.
+epoch: a fresh permutation of its identities / images once the previous one is used.
 
-Multi-host: identities (PK) or images (stream) of every source are dealt to hosts from one
-seed-wide permutation, so hosts see disjoint data that together covers the source.
+The samplers draw *global* batches: every host runs the same sampler and loads its own rows of
+each batch (`pipeline.py`), so a batch does not depend on how many hosts share it, and a run on
+one host and on several sees the same data.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ import numpy as np
 
 from retext_jax import errors
 
+# Part of every seed sequence (where a host index once was), so that the draws of runs made
+# before batches became global stay the same.
+STREAM = 0
+
 
 def normalize_weights(weights: Sequence[float], what: str) -> np.ndarray:
   w = np.asarray(weights, np.float64)
@@ -32,15 +37,6 @@ def normalize_weights(weights: Sequence[float], what: str) -> np.ndarray:
     raise errors.ConfigError(
         f"{what}: source weights must be finite, >= 0 and not all 0, got {list(w)}")
   return w / w.sum()
-
-
-def host_share(items: np.ndarray, seed: int, source: int, process_index: int,
-               process_count: int) -> np.ndarray:
-  """This host's share of `items`: a seed-wide permutation dealt round-robin to the hosts."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-  perm = np.random.default_rng([seed, source, 0x5A4D]).permutation(len(items))
-  return np.sort(items[perm[process_index::process_count]])
 
 
 class _Epochs:
@@ -80,10 +76,9 @@ class PKSampler:
   Args:
     pids: one int array per source: the person id of every record (ids unique across sources).
     weights: relative weight of each source (share of identity slots).
-    p: identities per batch on this host.
+    p: identities per (global) batch.
     k: images per identity; identities with fewer images are sampled with replacement.
     seed: makes the whole sequence deterministic.
-    process_index, process_count: this host's share of identities (disjoint across hosts).
 
   Yields `(indices, slot_source)`: int64 [p*k] positions in the concatenation of the sources'
   records (identity-major: rows i*k..i*k+k-1 share one identity), int32 [p] the source of each
@@ -91,14 +86,13 @@ class PKSampler:
   """
 
   def __init__(self, pids: Sequence[np.ndarray], weights: Sequence[float], p: int, k: int,
-               seed: int, process_index: int = 0, process_count: int = 1):
+               seed: int):
     if p < 1 or k < 1:
       raise errors.ConfigError(f"PK sampling needs p >= 1 and k >= 1, got p={p}, k={k}")
     if len(pids) != len(weights):
       raise ValueError(f"{len(pids)} sources but {len(weights)} weights")
     self.p, self.k, self.seed = p, k, seed
     self.weights = normalize_weights(weights, "multicam sources")
-    self._host = process_index
     self._images: dict[int, np.ndarray] = {}  # pid -> global record positions
     self._epochs: list[_Epochs] = []
     offset = 0
@@ -114,20 +108,18 @@ class PKSampler:
       bounds = np.searchsorted(src[order], uniq)
       for pid, group in zip(uniq, np.split(order + offset, bounds[1:]), strict=True):
         self._images[int(pid)] = group
-      mine = host_share(uniq, seed, s, process_index, process_count)
-      if self.weights[s] > 0 and len(mine) < p:
+      if self.weights[s] > 0 and len(uniq) < p:
         raise errors.ConfigError(
-            f"multicam source {s} has {len(mine)} identities on host {process_index} of "
-            f"{process_count} ({len(uniq)} in all) but a batch may need p={p} of them: lower "
-            "multicam_p or drop the source")
-      self._epochs.append(_Epochs(mine, [seed, process_index, s, 0x504B]))
+            f"multicam source {s} has {len(uniq)} identities but a batch may need p={p} of "
+            "them: lower multicam_p or drop the source")
+      self._epochs.append(_Epochs(uniq, [seed, STREAM, s, 0x504B]))
       offset += len(src)
 
   def epoch(self, source: int) -> int:
     return self._epochs[source].epoch
 
   def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng([self.seed, self._host, 0x494D47])
+    rng = np.random.default_rng([self.seed, STREAM, 0x494D47])
     while True:
       counts = rng.multinomial(self.p, self.weights)
       ids: list[int] = []
@@ -149,41 +141,33 @@ class StreamSampler:
   Args:
     sizes: number of records of each source.
     weights: relative weight of each source (share of image slots).
-    batch_size: images per batch on this host.
-    seed, process_index, process_count: as for `PKSampler` (hosts get disjoint images).
+    batch_size: images per (global) batch.
+    seed: makes the whole sequence deterministic.
 
   Yields `(indices, slot_source)`: int64 [batch_size] positions in the concatenation of the
   sources' records and int32 [batch_size] the source of each slot.
   """
 
-  def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, seed: int):
     if batch_size < 1:
       raise errors.ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if len(sizes) != len(weights):
       raise ValueError(f"{len(sizes)} sources but {len(weights)} weights")
     self.batch_size, self.seed = batch_size, seed
     self.weights = normalize_weights(weights, "singlecam sources")
-    self._host = process_index
     self._epochs = []
     offset = 0
     for s, n in enumerate(sizes):
-      mine = host_share(np.arange(offset, offset + n), seed, s, process_index, process_count)
-      if self.weights[s] > 0 and len(mine) == 0:
-        raise errors.DataError(f"singlecam source {s} has no images on host {process_index} of "
-                               f"{process_count} ({n} in all)")
-      self._epochs.append(_Epochs(mine, [seed, process_index, s, 0x5354]))
+      if self.weights[s] > 0 and n == 0:
+        raise errors.DataError(f"singlecam source {s} has no images")
+      self._epochs.append(_Epochs(np.arange(offset, offset + n), [seed, STREAM, s, 0x5354]))
       offset += n
 
   def epoch(self, source: int) -> int:
     return self._epochs[source].epoch
 
-  def host_items(self) -> np.ndarray:
-    """Positions (in the concatenation of the sources) this host can ever draw."""
-    return np.concatenate([e.items for e in self._epochs])
-
   def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng([self.seed, self._host, 0x535452])
+    rng = np.random.default_rng([self.seed, STREAM, 0x535452])
     while True:
       slot_source = rng.choice(len(self.weights), size=self.batch_size, p=self.weights)
       idx = np.empty(self.batch_size, np.int64)

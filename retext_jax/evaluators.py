@@ -41,7 +41,7 @@ def extract(predict_fn: PredictFn, records, input_cfg, batch_size: int,
   """
   from input_pipeline import eval_pipeline
 
-  feats, index = [], []
+  feats, index, valid = [], [], []
   it = eval_pipeline.make_eval_iterator(records, input_cfg, batch_size,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
@@ -51,15 +51,23 @@ def extract(predict_fn: PredictFn, records, input_cfg, batch_size: int,
     it = tqdm.tqdm(it, desc=progress, total=-(-len(records) // batch_size), unit="batch",
                    leave=False)
   for batch in it:
-    f = np.asarray(jax.device_get(predict_fn(batch["image"])), np.float32)
-    feats.append(f[batch["valid"]])
-    index.append(batch["index"][batch["valid"]])
-  feats, index = np.concatenate(feats), np.concatenate(index)
-  if jax.process_count() > 1:
-    feats = np.concatenate(list(multihost_utils.process_allgather(feats)))
-    index = np.concatenate(list(multihost_utils.process_allgather(index)))
+    feats.append(np.asarray(predict_fn(batch["image"]), np.float32))
+    index.append(batch["index"])
+    valid.append(batch["valid"])
+  feats, index = _all_hosts_valid_rows(valid, feats, index)
   order = np.argsort(index)
   return feats[order], index[order]
+
+
+def _all_hosts_valid_rows(valid: list[np.ndarray], *parts: list[np.ndarray]
+                          ) -> list[np.ndarray]:
+  """Each part's batches concatenated, over all hosts (each holds equally many rows, padding
+  included), without the padding rows (`valid` False)."""
+  arrays = [np.concatenate(p) for p in (valid, *parts)]
+  if jax.process_count() > 1:
+    arrays = [np.concatenate(list(multihost_utils.process_allgather(a))) for a in arrays]
+  keep = arrays[0]
+  return [a[keep] for a in arrays[1:]]
 
 
 @dataclasses.dataclass
@@ -166,13 +174,19 @@ def caption_embeddings(embed_tokens: Callable[[np.ndarray, np.ndarray], np.ndarr
   """(embeddings, pids) of every caption of `records`, through `embed_tokens(tokens, mask)`."""
   from input_pipeline import eval_pipeline
 
-  q, q_pids = [], []
-  for b in eval_pipeline.make_text_eval_iterator(records, tokenizer, max_len, batch_size):
-    q.append(np.asarray(embed_tokens(b["tokens"], b["token_mask"]))[b["valid"]])
-    q_pids.append(b["pid"][b["valid"]])
+  q, q_pids, index, valid = [], [], [], []
+  for b in eval_pipeline.make_text_eval_iterator(records, tokenizer, max_len, batch_size,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count()):
+    q.append(np.asarray(embed_tokens(b["tokens"], b["token_mask"])))
+    q_pids.append(b["pid"])
+    index.append(b["index"])
+    valid.append(b["valid"])
   if not q:
     raise errors.DataError(f"{what}: no test image has a caption")
-  return np.concatenate(q), np.concatenate(q_pids)
+  q, q_pids, index = _all_hosts_valid_rows(valid, q, q_pids, index)
+  order = np.argsort(index)
+  return q[order], q_pids[order]
 
 
 def text_metrics(embed: FeatureCache, dataset, max_rank: int = 50) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from retext_jax import checkpointing, errors, methods, tokenizers
+from retext_jax import checkpointing, errors, methods, sharding, tokenizers
 from retext_jax.methods import base
 
 TOKENIZER_DIR = "tokenizer"  # under the workdir
@@ -87,8 +87,9 @@ class TrainedModel:
 
   def _call(self, fn: str, *inputs) -> np.ndarray:
     self._require(fn)
-    out = self.method.jitted(fn)(self.variables, *(self.place(np.asarray(x)) for x in inputs))
-    return np.asarray(jax.device_get(out))
+    placed = [self.place(np.asarray(x)) for x in inputs]
+    out = self.method.jitted(fn)(self.variables, *placed)
+    return sharding.host_rows(out, placed[0].sharding)
 
   def features_fn(self) -> Callable:
     """The un-jitted `(variables, images) -> Re-ID features` (what `tools.export` serialises:

@@ -28,8 +28,17 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evalua
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "latest", "Which checkpoint --mode=eval restores: latest, best or a step number "
     "(latest falls back to the newest readable one).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host runs, TPU pods).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first: one process per host (TPU "
+    "pod slices, several GPU hosts). TPU, SLURM and Open MPI are detected; elsewhere give the "
+    "three flags below.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process 0, the same on "
+    "every process (default: detected, or $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "With --distributed: how many processes (default: detected).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "With --distributed: this process, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 def _quiet_libraries(record: std_logging.LogRecord) -> bool:
@@ -48,7 +57,7 @@ def main(argv) -> None:
   import jax
 
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from retext_jax import train
 
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),

@@ -8,6 +8,7 @@ first; each host then passes its own slice of the global batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -67,3 +68,19 @@ def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   return {
       k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
+
+
+def host_rows(x: jax.Array, batch: jax.sharding.Sharding) -> np.ndarray:
+  """This process's rows of an output computed from a batch placed with sharding `batch` (by
+  `global_batch`): the rows of its own inputs, in order. On one process, all of `x`."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  if x.sharding != batch:  # e.g. replicated, or split along features under FSDP
+    x = _resharder(batch)(x)
+  rows = {s.index[0].indices(x.shape[0])[:2]: s.data for s in x.addressable_shards}
+  return np.concatenate([np.asarray(rows[k]) for k in sorted(rows)])
+
+
+@functools.lru_cache(maxsize=8)
+def _resharder(target: jax.sharding.Sharding):
+  return jax.jit(lambda y: y, out_shardings=target)

@@ -260,7 +260,9 @@ def _train_stage(config, workdir: str) -> dict:
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
-    parameter_overview.log_parameter_overview(state["params"])
+    # Value statistics need every parameter on this host: not with FSDP over several hosts.
+    parameter_overview.log_parameter_overview(
+        state["params"], include_stats=jax.process_count() == 1, jax_logging_process=0)
     writer.write_hparams(_flat_config(config))
   step_fn = jax.jit(
       make_train_step(method, run.tx, run.schedules),
@@ -324,9 +326,9 @@ def _train_stage(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(final, f, indent=2)
-  print(f"[{config.name}] step {step}: {_summary(results, SCALARS)}")
-  for line in _versus_baselines(final):
-    print(f"[{config.name}] {line}")
+    print(f"[{config.name}] step {step}: {_summary(results, SCALARS)}")
+    for line in _versus_baselines(final):
+      print(f"[{config.name}] {line}")
   return final
 
 
@@ -361,7 +363,7 @@ def evaluate(config, workdir: str, which: str = "latest", step: int | None = Non
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"results_eval_{name}.json"), "w") as f:
       json.dump(final, f, indent=2)
-  print(f"[{config.name}] checkpoint step {trained.step}: {_summary(results, SCALARS)}")
+    print(f"[{config.name}] checkpoint step {trained.step}: {_summary(results, SCALARS)}")
   return final
 
 

@@ -54,10 +54,12 @@ def _steps(workdir):
   return sorted(int(n) for n in names if n.isdigit())  # skips orbax's in-progress *-tmp folders
 
 
-def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
+FSDP_TINY = ("configs/retext.py:tiny,singlecam_batch=8", "--config.mesh.fsdp=True")
+
+
+def test_full_run_on_8_devices_two_processes_then_eval_on_1(tmp_path, cache):
   wd = str(tmp_path / "wd")
-  train = _run("configs/retext.py:tiny,singlecam_batch=8", wd, cache, "--config.mesh.fsdp=True",
-               devices=8)
+  train = _run(FSDP_TINY[0], wd, cache, *FSDP_TINY[1:], devices=8)
   assert "/orbax/" not in train.stderr and "checkpoint_manager.py" not in train.stderr  # quiet
   assert "logging_writer.py" in train.stderr  # while our own INFO lines still show
   res = json.load(open(f"{wd}/results.json"))
@@ -87,6 +89,66 @@ def test_full_run_on_8_devices_then_eval_on_1(tmp_path, cache):
        "--config.eval.neck=before")
   before = json.load(open(f"{wd}/results_eval_latest.json"))["evals"]["reid"]["synthetic_target"]
   assert before != again["evals"]["reid"]["synthetic_target"]
+  # One test, not two: the 8-device run is the two-process run's reference (xdist would run a
+  # shared fixture once per worker).
+  _two_processes_match(train, res, str(tmp_path / "two"), cache)
+
+
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _step_metrics(stderr: str, step: int) -> dict[str, float]:
+  """The training scalars the metric writer logged at `step` (loss/total, grad_norm, ...)."""
+  line = [ln for ln in stderr.splitlines() if f"] [{step}] grad_norm=" in ln][-1]
+  pairs = line.split(f"[{step}] ", 1)[1].split(", ")
+  return {k: float(v) for k, v in (p.split("=") for p in pairs)}
+
+
+def _two_processes_match(one, one_results, wd, cache):
+  """Two processes x 4 CPU devices (jax.distributed on localhost, gloo collectives, FSDP across
+  the processes, each host loading its rows of every batch) against one process x 8 devices."""
+  worker = os.path.join(ROOT, "tests", "multiprocess_worker.py")
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, worker, f"{wd}_written{i}.json", *_cmd(FSDP_TINY[0], wd, cache)[3:],
+       *FSDP_TINY[1:], "--distributed", f"--coordinator_address=localhost:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2" in outs[1][1]
+  # Both processes hold the same replicated step metrics, equal to the one-process run's.
+  want = _step_metrics(one.stderr, 6)
+  got = [_step_metrics(err, 6) for _, err in outs]
+  assert got[0] == got[1]
+  assert got[0] == pytest.approx(want, rel=1e-5)
+  res = json.load(open(f"{wd}/results.json"))
+  for key in ("evals", "initial"):
+    for name, targets in one_results[key].items():
+      for target, metrics in targets.items():
+        assert res[key][name][target] == pytest.approx(metrics, abs=1e-6), (key, name, target)
+  # Only process 0 writes results, config, tokenizer and TensorBoard events (the checkpoints
+  # are orbax's: every process writes its own shards).
+  written = [json.load(open(f"{wd}_written{i}.json")) for i in range(2)]
+  mine = [[p for p in w if p.startswith(wd + os.sep) and
+           not p.startswith((f"{wd}/checkpoints/", f"{wd}/best/"))] for w in written]
+  assert {f"{wd}/results.json", f"{wd}/config.json"} <= set(mine[0])
+  assert mine[1] == []
+  events = glob.glob(f"{wd}/events.out.tfevents.*")
+  assert len(events) == 1 and f".{procs[0].pid}." in events[0]
+  assert "raw pixels" in outs[0][0] and "[retext_tiny]" not in outs[1][0]  # printed once
+  # The checkpoint the two processes wrote restores on one process of one device.
+  _run(FSDP_TINY[0], wd, cache, "--mode=eval", devices=1)
+  again = json.load(open(f"{wd}/results_eval_latest.json"))["evals"]
+  assert again["reid"]["synthetic_target"] == pytest.approx(
+      res["evals"]["reid"]["synthetic_target"], abs=1e-4)
 
 
 def _raw_pixel_map(root):
