@@ -65,12 +65,35 @@ def main(argv) -> None:
   try:
     which, step = _checkpoint_choice(_CHECKPOINT.value)
     workdir = _checked_workdir(_WORKDIR.value, _MODE.value)
+    config = _config()
     if _MODE.value == "train":
-      train.train_and_evaluate(_CONFIG.value, workdir)
+      train.train_and_evaluate(config, workdir)
     else:
-      train.evaluate(_CONFIG.value, workdir, which=which, step=step)
+      train.evaluate(config, workdir, which=which, step=step)
   except errors.UserError as e:
     sys.exit(errors.report(e))
+
+
+def _config():
+  """The --config ConfigDict (ml_collections hands back a stand-in that raises the load error
+  on first use when the file did not load)."""
+  config = _CONFIG.value
+  try:
+    config.keys()
+  except OSError as e:
+    user = _unloadable_config(e)
+    if user is None:
+      raise
+    raise user from None
+  return config
+
+
+def _unloadable_config(e: BaseException) -> errors.ConfigError | None:
+  """ml_collections' OSError for a --config file that does not load (missing, unreadable)."""
+  if not isinstance(e, OSError) or "Failed loading config file" not in str(e):
+    return None
+  reason = str(e).strip().splitlines()[-1].strip()
+  return errors.ConfigError(f"--config: cannot load the config file ({reason})")
 
 
 def _checked_workdir(workdir: str, mode: str) -> str:
@@ -127,7 +150,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001  (re-raised unless it is a user error)
-    user = _user_error(e) or _unknown_override(e)
+    user = _user_error(e) or _unknown_override(e) or _unloadable_config(e)
     if user is None and isinstance(e, flags.Error):
       user = errors.ConfigError(f"{e} (see --helpshort)")
     if user is None:

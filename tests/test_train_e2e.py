@@ -287,6 +287,8 @@ def test_sigterm_saves_current_step(tmp_path, cache):
 
 @pytest.mark.parametrize("config, extra, expected", [
     ("configs/retext.py:demoo", [], "unknown preset 'demoo' in configs/retext.py"),
+    ("configs/retxt.py:tiny", [], "--config: cannot load the config file ([Errno 2] No such file "
+                                  "or directory: 'configs/retxt.py')"),
     ("configs/bot.py:tiny,steps=abc", [], "config override steps='abc': expected an integer"),
     ("configs/bot.py:tiny,steps=2.7", [], "config override steps='2.7': expected an integer"),
     (NO_TEXT, ["--mode=eval", "--checkpoint=last"], "--checkpoint='last': expected latest, best"),

@@ -17,9 +17,9 @@ import sys
 import jax
 import numpy as np
 
-from retext_jax import errors
 from retext_jax.models.pretrained import CONFIG_FILE, KINDS, convert
 from retext_jax.models.weights import WeightImportError
+from retext_jax.tools import common
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -35,9 +35,12 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m retext_jax.tools.convert", description=__doc__.split("\n\n")[0]
-  )
+  """The command line; every user mistake is one `error:` line and exit code 2."""
+  return common.run(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+  parser = common.parser("convert", __doc__.split("\n\n")[0])
   parser.add_argument("--from", dest="source", required=True, help="HF folder or .npz file")
   parser.add_argument("--kind", required=True, choices=KINDS)
   parser.add_argument("--out", required=True, help="output folder (must not hold params/)")
@@ -54,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
   except WeightImportError as e:
     print(f"error: {e.summary(max_keys=5)}", file=sys.stderr)
     return 2
-  except errors.UserError as e:
-    return errors.report(e)
   count = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params))
   print(f"wrote {args.out}: {args.kind} with {count:,} params, config {CONFIG_FILE}")
   return 0
