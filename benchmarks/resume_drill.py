@@ -3,8 +3,10 @@
     python benchmarks/resume_drill.py                 # N=10 on the tiny preset (~25 min, 2 cores)
     python benchmarks/resume_drill.py -n 3 --steps 12
 
-One uninterrupted run gives the reference. Then, N times: the same command in a fresh workdir,
-SIGKILL at a random moment of its run time, the same command again until it finishes. Each
+One uninterrupted run gives the reference and its timing: when its first checkpoint appeared
+and when it ended. Then, N times: the same command in a fresh workdir, SIGKILL at a random moment
+between those two (so every drill has a checkpoint to resume from; before it, a rerun is a
+plain restart), the same command again until it finishes. Each
 drill counts as resumed (the second run finished), exact (its final metrics equal the
 reference's to 1e-6) and corrupt (a checkpoint could not be read). Prints a table and writes
 benchmarks/results/resume_drill.json.
@@ -33,15 +35,30 @@ def command(workdir: str, steps: int, every: int, cache: str) -> list[str]:
           f"--config.data.cache_dir={cache}"]
 
 
-def finish(cmd: list[str], log: str) -> tuple[float, str]:
-  """Runs `cmd` to the end; (seconds, stderr). A failure prints the end of its log."""
+def checkpoint_steps(workdir: str) -> list[int]:
+  folder = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
+def finish(cmd: list[str], workdir: str, log: str) -> tuple[float, float, str]:
+  """Runs `cmd` to the end; (seconds to its first checkpoint, seconds in all, stderr). A
+  failure prints the end of its log."""
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  first = None
+  with tempfile.TemporaryFile("w+") as err:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    while proc.poll() is None:
+      if first is None and checkpoint_steps(workdir):
+        first = time.perf_counter() - t0
+      time.sleep(0.2)
+    total = time.perf_counter() - t0
+    err.seek(0)
+    stderr = err.read()
   with open(log, "a") as f:
-    f.write(proc.stderr)
+    f.write(stderr)
   if proc.returncode:
-    raise SystemExit(f"run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  return time.perf_counter() - t0, proc.stderr
+    raise SystemExit(f"run failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+  return total if first is None else first, total, stderr
 
 
 def final_metrics(workdir: str) -> dict:
@@ -72,13 +89,14 @@ def main() -> None:
   cache, log = os.path.join(tmp, "cache"), os.path.join(tmp, "runs.log")
   try:
     ref_dir = os.path.join(tmp, "reference")
-    ref_s, _ = finish(command(ref_dir, args.steps, args.checkpoint_every, cache), log)
+    first_s, ref_s, _ = finish(command(ref_dir, args.steps, args.checkpoint_every, cache),
+                               ref_dir, log)
     reference = final_metrics(ref_dir)
     rows = []
     for i in range(args.n):
       wd = os.path.join(tmp, f"drill_{i}")
       cmd = command(wd, args.steps, args.checkpoint_every, cache)
-      kill_at = rng.uniform(0.05, 1.0) * ref_s
+      kill_at = rng.uniform(first_s, ref_s)
       proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
       try:
@@ -88,9 +106,8 @@ def main() -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed = True
-      steps = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints"))
-                     if d.isdigit()) if os.path.isdir(os.path.join(wd, "checkpoints")) else []
-      _, err = finish(cmd, log)
+      steps = checkpoint_steps(wd)
+      _, _, err = finish(cmd, wd, log)
       gap = max_gap(final_metrics(wd), reference)
       rows.append({"drill": i, "kill_after_s": round(kill_at, 1), "killed": killed,
                    "checkpoints_at_kill": steps,
@@ -109,7 +126,7 @@ def main() -> None:
              "resumed_from_a_checkpoint": resumed, "exact": sum(r["exact"] for r in rows),
              "runs_with_unreadable_checkpoints": sum(r["unreadable_checkpoints"] > 0
                                                      for r in rows),
-             "reference_seconds": ref_s}
+             "reference_seconds": ref_s, "reference_first_checkpoint_seconds": first_s}
   print("\n| drills | finished | resumed from a checkpoint | exact | unreadable checkpoints |")
   print("|---|---|---|---|---|")
   print(f"| {n} | {summary['finished']}/{n} | {resumed}/{n} | {summary['exact']}/{n} | "

@@ -56,6 +56,16 @@ def test_argument_mistakes_are_one_error_line(tool, argv, expected, tmp_path, ca
   assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
 
 
+@pytest.mark.parametrize("content, expected", [("garbage", "is not JSON"), ("[1]", "no CMC"),
+                                               ('{"targets": {}}', "no CMC")])
+def test_plot_cmc_names_a_file_that_is_not_protocol_results(content, expected, tmp_path, capsys):
+  bad = tmp_path / "bad.json"
+  bad.write_text(content)
+  assert plot_cmc.main(["--results", str(bad), "--out", str(tmp_path / "c.png")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and str(bad) in err[0] and expected in err[0], err
+
+
 def test_extract_safetensors_and_npy_hold_features_ids_and_paths(trained, tmp_path):
   model, root = trained
   spec = _gallery_spec(root)

@@ -20,10 +20,16 @@ def load_results(path: str) -> dict:
   if not os.path.isfile(path):
     raise errors.MissingFileError(f"results file {path} does not exist")
   with open(path) as f:
-    res = json.load(f)
-  if "targets" not in res or not all("cmc" in t for t in res["targets"].values()):
+    try:
+      res = json.load(f)
+    except json.JSONDecodeError as e:
+      raise errors.DataError(f"{path} is not JSON ({e}): expected the file written by "
+                             "python -m retext_jax.tools.evaluate_protocol") from None
+  targets = res.get("targets") if isinstance(res, dict) else None
+  if not isinstance(targets, dict) or not targets or not all(
+      isinstance(t, dict) and "cmc" in t for t in targets.values()):
     raise errors.DataError(f"{path} holds no CMC curves: expected the JSON written by "
-                     "python -m retext_jax.tools.evaluate_protocol")
+                           "python -m retext_jax.tools.evaluate_protocol")
   return res
 
 
