@@ -5,8 +5,9 @@
 
 One uninterrupted run gives the reference and its timing: when its first checkpoint appeared
 and when it ended. Then, N times: the same command in a fresh workdir, SIGKILL at a random moment
-between those two (so every drill has a checkpoint to resume from; before it, a rerun is a
-plain restart), the same command again until it finishes. Each
+after that run's own first checkpoint (0 to the reference's remaining time later, so every drill
+has a checkpoint to resume from whatever else loads the machine), the same command again until
+it finishes. Each
 drill counts as resumed (the second run finished), exact (its final metrics equal the
 reference's to 1e-6) and corrupt (a checkpoint could not be read). Prints a table and writes
 benchmarks/results/resume_drill.json.
@@ -96,16 +97,19 @@ def main() -> None:
     for i in range(args.n):
       wd = os.path.join(tmp, f"drill_{i}")
       cmd = command(wd, args.steps, args.checkpoint_every, cache)
-      kill_at = rng.uniform(first_s, ref_s)
+      t0 = time.perf_counter()
       proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+      while proc.poll() is None and not checkpoint_steps(wd):
+        time.sleep(0.2)
       try:
-        proc.wait(timeout=kill_at)
+        proc.wait(timeout=rng.uniform(0, ref_s - first_s))
         killed = False  # finished before the kill moment
       except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed = True
+      kill_at = time.perf_counter() - t0
       steps = checkpoint_steps(wd)
       _, _, err = finish(cmd, wd, log)
       gap = max_gap(final_metrics(wd), reference)
