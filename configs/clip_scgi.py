@@ -106,7 +106,7 @@ PRESETS = {"paper": base_config, "demo": demo_config, "baseline": baseline_confi
 
 def _protocol_data(c: ml_collections.ConfigDict) -> None:
   common.protocol_data(c)
-  if c.model.cgi and not c.data.synthetic_preset:
+  if c.model.cgi and not c.data.synthetic_preset and not c.data.custom:  # (custom: in the list)
     for spec in c.data.sources.values():
       spec["options"]["captions"] = CAPTIONS
 

@@ -1,5 +1,6 @@
 """What every method's config shares: the blocks, the synthetic presets' data, the protocol
-table's sources and the `preset,key=value` argument parser.
+table's sources, your own data (`data=DIR`, `source.NAME=...`, `target.NAME=...`) and the
+`preset,key=value` argument parser.
 
 A method config (`configs/<method>.py`) builds its `get_config(arg)` from these:
 
@@ -12,23 +13,32 @@ override names to dotted config paths.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 import ml_collections
 
 from retext_jax import errors, protocols
+from retext_jax.methods.base import MULTICAM, SINGLECAM
 
 # Image Re-ID protocols with real sources (retext_jax/protocols.py): what `protocol=` may name.
-TRAINING_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
-                           if p.task == protocols.REID and not n.startswith("synthetic"))
-TEXT_PROTOCOLS = tuple(n for n, p in protocols.PROTOCOLS.items()
-                       if p.task == protocols.TEXT and not n.startswith("synthetic"))
+# (The synthetic and custom protocols' data come from `data.synthetic_preset` / `data=DIR`.)
+_STANDARD = [(n, p) for n, p in protocols.PROTOCOLS.items()
+             if not n.startswith(("synthetic", "custom"))]
+TRAINING_PROTOCOLS = tuple(n for n, p in _STANDARD if p.task == protocols.REID)
+TEXT_PROTOCOLS = tuple(n for n, p in _STANDARD if p.task == protocols.TEXT)
 
 # Short override names every method accepts (`configs/bot.py:demo,steps=300,lr=1e-3`).
 SHORT = {
     "steps": "total_steps", "batch": "input.multicam_p", "k": "input.multicam_k",
     "lr": "optim.lr", "seed": "seed", "protocol": "protocol", "profile": "profile_steps",
+    "data": "data.custom",
 }
+# Named datasets on the command line: `source.NAME=READER:ROOT[:PART]`, `target.NAME=READER:ROOT`
+# (`=none` removes the preset's entry of that name).
+SOURCE, TARGET = "source.", "target."
+# Every method's `custom` preset: its demo recipe on your own folder (`custom,data=DIR`).
+CUSTOM = "custom"
 
 
 def source(reader: str, root: str, part: str, weight: float = 1.0, **options) -> dict:
@@ -59,6 +69,9 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       root="data",  # parent of the dataset folders (torchreid layout)
       cache_dir="",  # where the synthetic benchmark is rendered ("" = ~/.cache/retext_jax)
       synthetic_preset="",  # "demo" | "tiny": render and use the synthetic benchmark
+      # A folder read by the `custom` reader (annotations.csv / .json with train, query and
+      # gallery splits): when set (`data=DIR`), it replaces the preset's sources and targets.
+      custom="",
       # name -> dict(reader, root, part=multicam|singlecam, weight, options). Roots are relative
       # to data.root (or to the synthetic folder); filled from `protocol` when left empty.
       sources={},
@@ -113,6 +126,9 @@ def base_config(name: str, method: str) -> ml_collections.ConfigDict:
       neck="after",  # Re-ID feature "after" the BNNeck (BoT) or "before" it
       max_rank=50,
       pixel_baseline=False,  # also score raw 32x16 pixels on the image Re-ID targets at the end
+      # Queries per TensorBoard ranked-list picture (and images per reconstruction sheet) at
+      # each evaluation during training (retext_jax/eval_images.py); 0 = no pictures.
+      tb_images=4,
   )
   # retext_jax.evaluators: name -> dict(type="reid" | "text", targets=(names in data.targets;
   # empty = all), optional=False (True: skipped when the model cannot serve it), options of the
@@ -191,6 +207,69 @@ def protocol_data(c: ml_collections.ConfigDict, captions: dict | None = None,
   c.data.targets = {t.reader: target(t.reader, t.root) for t in proto.targets}
 
 
+def own_data(c: ml_collections.ConfigDict, captioned_singlecam: bool = False,
+             task: str = protocols.REID) -> None:
+  """`data=DIR`: the `custom`-reader folder DIR replaces the preset's sources and targets.
+
+  Its train split is the multi-camera source; with `captioned_singlecam` (ReText) its captioned
+  train images are also the captioned single-camera source (when none has a caption, the
+  trainer switches the text losses off with a notice). Evaluation: query/gallery Re-ID (`task`
+  REID) or text-to-image on its captioned test split (TEXT), the `custom` and `custom_t2i`
+  protocols of `evaluate_protocol`."""
+  root = os.path.abspath(os.path.expanduser(c.data.custom))
+  c.data.custom = root
+  c.data.synthetic_preset = ""
+  c.data.sources = {"custom": source("custom", root, "multicam")}
+  if captioned_singlecam:
+    c.data.sources["custom_captions"] = source("custom", root, "singlecam",
+                                               require_captions=True)
+  c.data.targets = {"custom": target("custom", root)}
+  evaluator = "reid" if task == protocols.REID else "t2i"
+  c.evals = {evaluator: dict(type=task, targets=("custom",))}
+  c.best_metric = f"{evaluator}/mAP"
+
+
+def _named_dataset(c: ml_collections.ConfigDict, key: str, value: str) -> None:
+  """`source.NAME=READER:ROOT[:PART]` or `target.NAME=READER:ROOT` adds (or replaces) a named
+  dataset; `=none` removes the preset's. A new target joins the `reid` evaluator when that
+  evaluator names its targets; a removed one leaves every evaluator (an evaluator left with no
+  target is dropped)."""
+  kind, name = key.split(".", 1)
+  table = c.data.sources if kind == "source" else c.data.targets
+  if not name or "." in name:
+    raise errors.ConfigError(f"config override {key}: expected {kind}.NAME with a plain name")
+  if value.lower() == "none":
+    if name not in table:
+      raise errors.UnknownKeyError(f"config override {key}=none: there is no {kind} {name!r} "
+                                   f"(have: {', '.join(table) or 'none'})")
+    del table[name]
+    if kind == "target":
+      for ev_name, spec in list(c.evals.items()):
+        kept = tuple(t for t in spec.get("targets", ()) if t != name)
+        if spec.get("targets") and not kept:
+          del c.evals[ev_name]
+        elif spec.get("targets"):
+          spec["targets"] = kept
+    return
+  parts = value.split(":")
+  part = MULTICAM
+  if kind == "source" and len(parts) >= 3 and parts[-1] in (MULTICAM, SINGLECAM):
+    part = parts.pop()
+  if len(parts) < 2 or not parts[0] or not parts[1]:
+    form = "READER:ROOT[:multicam|singlecam]" if kind == "source" else "READER:ROOT"
+    raise errors.ConfigError(f"config override {key}={value!r}: expected {form}, e.g. "
+                             f"{kind}.mine=custom:/data/my_cams")
+  reader, root = parts[0], os.path.abspath(os.path.expanduser(":".join(parts[1:])))
+  if kind == "source":
+    table[name] = source(reader, root, part)
+    return
+  table[name] = target(reader, root)
+  reid = c.evals.get("reid")
+  if reid is not None and reid.get("type") == protocols.REID and reid.get("targets") \
+      and name not in reid["targets"]:
+    reid["targets"] = (*reid["targets"], name)
+
+
 def _set(c: ml_collections.ConfigDict, dotted: str, value: str, key: str) -> None:
   *parents, leaf = dotted.split(".")
   node = c
@@ -220,26 +299,42 @@ def _set(c: ml_collections.ConfigDict, dotted: str, value: str, key: str) -> Non
 def parse(arg: str | None, file: str,
           presets: Mapping[str, Callable[[], ml_collections.ConfigDict]],
           short: Mapping[str, str],
-          finalize: Callable[[ml_collections.ConfigDict], None] | None = None
+          finalize: Callable[[ml_collections.ConfigDict], None] | None = None,
+          data: Callable[[ml_collections.ConfigDict], None] = own_data,
           ) -> ml_collections.ConfigDict:
   """`arg` = "[preset][,key=value...]": the preset (the first of `presets` when absent), then
-  the short overrides, then `finalize` (e.g. `protocol_data`); returns the locked config."""
+  the short overrides, then `data` when `data=DIR` names your own folder (`own_data`), then the
+  `source.NAME=...` / `target.NAME=...` overrides, then `finalize` (e.g. `protocol_data`);
+  returns the locked config."""
   parts = [p for p in (arg or "").split(",") if p]
   name = next(iter(presets))
   if parts and "=" not in parts[0]:
     name = parts.pop(0)
-    if name not in presets:
+    if name not in presets and not (name == CUSTOM and "demo" in presets):
       raise errors.UnknownKeyError(f"unknown preset {name!r} in {file}; expected one of "
-                                   f"{', '.join(presets)}")
-  c = presets[name]()
+                                   f"{', '.join([*presets, CUSTOM])}")
+  c = presets["demo" if name == CUSTOM else name]()
+  if name == CUSTOM:
+    c.name = c.name.removesuffix("_demo") + "_custom"
+  named = []
   for p in parts:
     if "=" not in p:
       raise errors.ConfigError(f"config override {p!r} in {file} is not key=value")
     key, value = p.split("=", 1)
-    if key not in short:
+    if key.startswith((SOURCE, TARGET)):
+      named.append((key, value))
+    elif key in short:
+      _set(c, short[key], value, key)
+    else:
       raise errors.UnknownKeyError(f"unknown config override {key!r} in {file}; known: "
-                                   f"{', '.join(sorted(short))}")
-    _set(c, short[key], value, key)
+                                   f"{', '.join(sorted(short))}, {SOURCE}NAME, {TARGET}NAME")
+  if name == CUSTOM and not c.data.custom:
+    raise errors.ConfigError(f"preset {CUSTOM} of {file} trains on your own folder: add "
+                             f"data=/path/to/folder (annotations.csv or .json inside)")
+  if c.data.custom:
+    data(c)
+  for key, value in named:
+    _named_dataset(c, key, value)
   if finalize is not None:
     finalize(c)
   c.lock()

@@ -32,6 +32,8 @@ Overrides: steps, batch (P), k, lr, seed, protocol, towers, temperature, lambda_
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from configs import common
@@ -105,4 +107,5 @@ def text_protocol_data(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg` = "[preset][,key=value...]" with preset in {paper (default), demo, tiny}."""
-  return common.parse(arg, "configs/irra.py", PRESETS, SHORT, text_protocol_data)
+  return common.parse(arg, "configs/irra.py", PRESETS, SHORT, text_protocol_data,
+                      data=functools.partial(common.own_data, task=protocols.TEXT))

@@ -40,9 +40,12 @@ teacher_steps, lambda_feat, lambda_rel, teacher (a teacher workdir, for role=stu
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from configs import common, irra
+from retext_jax import protocols
 
 SHORT = {**irra.SHORT, "role": "model.role", "teacher_steps": "teacher_steps",
          "lambda_feat": "loss.lambda_feat", "lambda_rel": "loss.lambda_rel",
@@ -77,4 +80,5 @@ PRESETS = {"paper": base_config, "demo": demo_config, "tiny": tiny_config}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg` = "[preset][,key=value...]" with preset in {paper (default), demo, tiny}."""
-  return common.parse(arg, "configs/lcr2s.py", PRESETS, SHORT, irra.text_protocol_data)
+  return common.parse(arg, "configs/lcr2s.py", PRESETS, SHORT, irra.text_protocol_data,
+                      data=functools.partial(common.own_data, task=protocols.TEXT))

@@ -45,6 +45,8 @@ m_to_ms, ...: see retext_jax/protocols.py), e.g.
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from configs import common
@@ -142,4 +144,5 @@ def _protocol_data(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg` = "[preset][,key=value...]" with preset in {paper (default), demo, long, tiny}."""
-  return common.parse(arg, "configs/retext.py", PRESETS, SHORT, _protocol_data)
+  return common.parse(arg, "configs/retext.py", PRESETS, SHORT, _protocol_data,
+                      data=functools.partial(common.own_data, captioned_singlecam=True))

@@ -1,14 +1,17 @@
 """A trained model restored from its workdir: Re-ID features, text embeddings, reconstructions.
 
     trained = inference.load("workdirs/demo")          # or which="best"
-    feats = trained.image_features(images)             # [B, D], L2-normalised (the Re-ID feature)
+    feats = trained.image_features(["a.jpg", "b.png"])  # [B, D], L2-normalised (Re-ID feature)
     txt = trained.text_embeddings(["a man in a red jacket"])  # matching space, L2-normalised
 
 Any method works: the checkpoint's metadata names the method and its model config, and the
 tokenizer is copied to `<workdir>/tokenizer`, so neither the training data nor the pretrained
 init files must still exist. What a model offers depends on its method (`trained.offers(...)`);
-asking for something it lacks is a one-line error. Images are float32 [B, H, W, 3] in the
-pipeline's layout (resized, normalised: see `preprocessing`). Imports without TensorFlow.
+asking for something it lacks is a one-line error. `image_features` / `image_embeddings` take
+what users have (file paths, PIL images, uint8 or float pixel arrays in 0..255 of any size) and
+prepare them as the evaluation pipeline does (`retext_jax.preprocess`); the `*_normalized`
+variants take the pipeline's own batches (resized, normalised: see `preprocessing`). Imports
+without TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from retext_jax import checkpointing, errors, methods, sharding, tokenizers
+from retext_jax import checkpointing, errors, methods, preprocess, sharding, tokenizers
 from retext_jax.methods import base
 
 TOKENIZER_DIR = "tokenizer"  # under the workdir
@@ -39,8 +42,9 @@ def preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
   h, w = config["input"]["image_size"]
   return {
       "image_size": [int(h), int(w)],
-      "resize": "decode as RGB uint8, then tf.image.resize(bilinear, antialias=False) to "
-                "image_size, as float32 in [0, 255] (input_pipeline.augment.resize)",
+      "resize": "decode as RGB uint8, then tf.image.resize(bilinear, antialias=True) to "
+                "image_size, clipped to [0, 255], as float32 (input_pipeline.augment.resize; "
+                "retext_jax.preprocess.resize does the same without TensorFlow)",
       "normalize": "x / 255, minus mean, divided by std, per RGB channel",
       "mean": [float(m) for m in config["input"]["mean"]],
       "std": [float(s) for s in config["input"]["std"]],
@@ -97,13 +101,38 @@ class TrainedModel:
     self._require(base.REID)
     return self.method.offered[base.REID]
 
-  def image_features(self, images: np.ndarray) -> np.ndarray:
-    """Re-ID retrieval features [B, D], L2-normalised."""
-    return self._call(base.REID, np.asarray(images, np.float32))
+  def prepare(self, images: Any) -> np.ndarray:
+    """The model's input batch from paths, PIL images or 0..255 pixel arrays of any size
+    (resized and normalised as the evaluation pipeline does)."""
+    cfg = self.config.input
+    return preprocess.prepare(images, cfg.image_size, cfg.mean, cfg.std)
 
-  def image_embeddings(self, images: np.ndarray) -> np.ndarray:
-    """Image-text matching embeddings [B, E] of images, L2-normalised."""
-    return self._call(base.IMAGE_EMBED, np.asarray(images, np.float32))
+  def image_features(self, images: Any) -> np.ndarray:
+    """Re-ID retrieval features [B, D], L2-normalised, of images as users have them: file
+    paths, PIL images, [H, W, 3] arrays or one [B, H, W, 3] array, pixels in 0..255 (uint8 or
+    float), any size."""
+    return self.image_features_normalized(self.prepare(images))
+
+  def image_features_normalized(self, images: np.ndarray) -> np.ndarray:
+    """Re-ID features of a batch already prepared: float32 [B, H, W, 3] at the model's image
+    size, normalised with the config's mean and std (what the evaluation pipeline yields)."""
+    return self._call(base.REID, self._checked_batch(images))
+
+  def image_embeddings(self, images: Any) -> np.ndarray:
+    """Image-text matching embeddings [B, E], L2-normalised; images as `image_features` takes."""
+    return self.image_embeddings_normalized(self.prepare(images))
+
+  def image_embeddings_normalized(self, images: np.ndarray) -> np.ndarray:
+    """Matching embeddings of a prepared batch (as `image_features_normalized` takes)."""
+    return self._call(base.IMAGE_EMBED, self._checked_batch(images))
+
+  def _checked_batch(self, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != (*self.image_size, 3):
+      raise errors.DataError(
+          f"a prepared batch must be [batch, {self.image_size[0]}, {self.image_size[1]}, 3], got "
+          f"{images.shape}; image_features / image_embeddings take images of any size")
+    return images
 
   def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return self.tokenizer.encode(list(texts), self.config.input.max_text_len)
@@ -133,13 +162,13 @@ class TrainedModel:
   def embed_records(self, records: Sequence[Any], kind: str = "reid", batch_size: int = 64,
                     progress: str | None = None):
     """`evaluators.Features` of dataset records, read by the evaluation pipeline (TensorFlow);
-    `kind` "reid" (image_features) or "matching" (image_embeddings)."""
+    `kind` "reid" (Re-ID features) or "matching" (image-text matching embeddings)."""
     from retext_jax import data, evaluators
 
     if kind not in FEATURE_KINDS:
       raise errors.ConfigError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
     self._require(_KIND_FN[kind])
-    fn = self.image_features if kind == "reid" else self.image_embeddings
+    fn = self.image_features_normalized if kind == "reid" else self.image_embeddings_normalized
     return evaluators.Features.of(fn, list(records), data.input_config(self.config), batch_size,
                                   progress)
 

@@ -2,7 +2,7 @@
 
 Each protocol names its training sources (what `configs/retext.py` trains on) and its targets:
 the registered reader, the folder under the data root (torchreid / IRRA layouts) and, for the
-small Protocol-1 targets, the 10 splits averaged as papers do (research/papers.md section 5).
+small Protocol-1 targets, the 10 splits averaged as papers do (docs/protocols.md).
 `run` evaluates a trained model and returns the JSON-able results; `markdown` renders the table
 in the layout papers use (mAP and Rank-1 per target, plus the average).
 """
@@ -95,6 +95,12 @@ PROTOCOLS: dict[str, Protocol] = {
          Target("synthetic target", "market1501", "target_market")), supervised=True),
     "synthetic_t2i": Protocol("Synthetic text-to-image: CUHK-PEDES layout", TEXT, ("synthpedes",),
                               (Target("synthetic CUHK-PEDES", "cuhkpedes", "CUHK-PEDES"),)),
+    # Your own data: a `custom`-reader folder (annotations.csv / .json); --data_root is that
+    # folder itself. Query/gallery Re-ID, and text-to-image on its captioned test split.
+    "custom": Protocol("Your own data: query -> gallery", REID, ("custom",),
+                       (Target("custom", "custom", ""),)),
+    "custom_t2i": Protocol("Your own data: text-to-image on the captioned test split", TEXT,
+                           ("custom",), (Target("custom", "custom", ""),)),
 }
 
 

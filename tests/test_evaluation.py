@@ -22,7 +22,8 @@ def loop_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     if q_camids is None:
       keep = np.ones(len(order), bool)
     else:
-      keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
+      known = q_camids[i] >= 0  # -1: camera unknown, nothing is removed
+      keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]) & known)
     raw = (g_pids[order] == q_pids[i])[keep].astype(np.float64)
     if not raw.any():
       continue
@@ -65,6 +66,8 @@ def _problem(seed, nq=60, ng=300, num_ids=25, num_cams=4, dim=16, integer=False)
   q_pids[:2] = num_ids + 5
   q_cams[:2] = 2
   q_pids[2] = 5000  # no gallery image at all
+  q_cams[3:6] = -1  # unknown cameras (own data): nothing removed for these queries
+  g_cams[20:40] = -1
   if integer:  # exact distances with many ties: exercises the stable tie order
     q = rng.integers(-2, 3, size=(nq, dim)).astype(np.float32)
     g = rng.integers(-2, 3, size=(ng, dim)).astype(np.float32)
@@ -121,6 +124,15 @@ def test_hand_computed_single_query():
   assert out["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
   assert out["mINP"] == pytest.approx(2 / 4)
   assert out["num_valid_queries"] == 1
+
+
+def test_unknown_camera_removes_nothing():
+  # Query camera -1 (unknown): its same-id gallery image of camera -1 is a true match, not junk.
+  dist = np.array([[0.1, 0.2]], np.float32)
+  out = evaluate_rank(dist, np.array([1]), np.array([1, 2]), np.array([-1]), np.array([-1, 0]),
+                      max_rank=2)
+  np.testing.assert_array_equal(out["cmc"], [1, 1])
+  assert out["mAP"] == 1.0 and out["num_valid_queries"] == 1
 
 
 def test_ties_rank_by_gallery_index():

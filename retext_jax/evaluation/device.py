@@ -39,7 +39,7 @@ def _chunk_stats(q, g, qp, gp, qc, gc, *, metric, mode, max_rank, use_cams):
   dist = _distance(q, g, metric)
   same = gp[None, :] == qp[:, None]
   if use_cams:
-    junk = same & (gc[None, :] == qc[:, None])
+    junk = same & (gc[None, :] == qc[:, None]) & (qc[:, None] >= 0)  # -1: camera unknown
     good = same & ~junk
     dist = jnp.where(junk, jnp.inf, dist)
   else:

@@ -1,7 +1,8 @@
 """Re-ID and text-to-image retrieval metrics: CMC, mAP, mINP, vectorised and chunked (numpy).
 
 Protocol (Market-1501 / MSMT17, as torchreid and fast-reid): for each query, gallery images of
-the same identity AND the same camera are removed; queries left without a true match are skipped;
+the same identity AND the same camera are removed (a camera id of -1 means unknown: nothing is
+removed for such a query); queries left without a true match are skipped;
 CMC@k = fraction of valid queries whose first true match is within rank k; AP = mean over true
 matches of the precision at that match; INP = (#true matches) / (rank of the last true match)
 (Ye et al., "Deep Learning for Person Re-identification: A Survey and Outlook").
@@ -167,7 +168,7 @@ def _rank_chunk(
   c = dist.shape[0]
   same_pid = g_pids[None, :] == q_pids[:, None]
   if q_camids is not None:
-    junk = same_pid & (g_camids[None, :] == q_camids[:, None])
+    junk = same_pid & (g_camids[None, :] == q_camids[:, None]) & (q_camids[:, None] >= 0)
     good = same_pid & ~junk
     if junk.any():
       dist = np.where(junk, dist.dtype.type(np.inf), dist)
