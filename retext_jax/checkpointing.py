@@ -2,7 +2,8 @@
 
 Layout under the workdir:
   checkpoints/<step>/{state,meta}   the latest `keep` checkpoints (state + config/metrics as JSON)
-  best/<step>/{state,meta}          the single best checkpoint by the tracked metric
+  best/<step>/{state,meta}          the single best checkpoint by the tracked metric: only what
+                                    evaluation reads (`EVAL_KEYS`), no optimizer state
 Orbax writes to a temporary folder and renames on commit, so a killed run never leaves a
 half-written checkpoint that a resume would pick up. A checkpoint damaged afterwards (a
 truncated or corrupted file, garbage metadata) is reported in one line naming the step and what
@@ -27,6 +28,7 @@ from absl import logging
 from retext_jax import errors
 
 STATE, META = "state", "meta"
+EVAL_KEYS = ("params", "batch_stats", "ema")  # what inference restores (and best/ keeps)
 
 
 def _manager(path: str, keep: int, best_metric: str | None = None) -> ocp.CheckpointManager:
@@ -111,21 +113,21 @@ class Checkpointer:
 
   def save_best(self, step: int, state: Any, meta: Mapping[str, Any],
                 metrics: Mapping[str, float]) -> None:
+    """Keeps the model variables only (`EVAL_KEYS`): a best checkpoint is evaluated and
+    exported, never resumed from."""
     if self.best is not None and step not in self.best.all_steps():
-      self.best.save(step, args=_save_args(state, meta), metrics=dict(metrics), force=True)
+      kept = {k: v for k, v in state.items() if k in EVAL_KEYS}
+      self.best.save(step, args=_save_args(kept, meta), metrics=dict(metrics), force=True)
       self.best.wait_until_finished()
 
-  def restore(self, abstract_state: Any, step: int | None = None, which: str = "latest"):
-    """Restores (state, meta). `abstract_state` holds ShapeDtypeStructs with target shardings.
-    Raises UnreadableCheckpoint for a damaged checkpoint, ConfigError for one that does not fit
-    the config."""
-    mgr = self.latest if which == "latest" else self.best
-    if mgr is None:
-      raise errors.ConfigError("no best-checkpoint manager: config.best_metric is not set")
+  def restore(self, abstract_state: Any, step: int | None = None):
+    """Restores (state, meta) of a regular checkpoint (the latest by default) to resume from.
+    `abstract_state` holds ShapeDtypeStructs with target shardings. Raises UnreadableCheckpoint
+    for a damaged checkpoint, ConfigError for one that does not fit the config."""
+    mgr = self.latest
+    step = mgr.latest_step() if step is None else step
     if step is None:
-      step = mgr.best_step() if which == "best" else mgr.latest_step()
-    if step is None:
-      raise errors.MissingFileError(f"no {which} checkpoint under {mgr.directory}")
+      raise errors.MissingFileError(f"no checkpoint under {mgr.directory}")
     folder = os.path.join(str(mgr.directory), str(step))
     _check_fits(folder, abstract_state)
     try:
@@ -135,6 +137,19 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - the metadata fits: a failure here is damage
       raise UnreadableCheckpoint(f"{folder}: {_root_cause(e)}") from e
     return out[STATE], out[META]
+
+  def newest_config(self) -> tuple[int, dict] | None:
+    """(step, config) saved with the newest regular checkpoint whose metadata reads (a damaged
+    one is skipped here and reported by `restore_newest_readable`); None without any."""
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        with _absl_level(logging.ERROR):
+          meta = self.latest.restore(step, args=ocp.args.Composite(
+              **{META: ocp.args.JsonRestore()}))[META]
+        return step, dict(meta["config"])
+      except Exception:  # noqa: BLE001
+        continue
+    return None
 
   def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest checkpoint that reads, None when there is none at all.
@@ -186,7 +201,7 @@ class Checkpointer:
 
 
 def restore_variables(workdir: str, which: str = "latest", step: int | None = None,
-                      keys: tuple[str, ...] = ("params", "batch_stats", "ema")
+                      keys: tuple[str, ...] = EVAL_KEYS
                       ) -> tuple[dict, dict]:
   """(state subtree `keys`, meta) of a checkpoint, on this host's first device, for inference.
 

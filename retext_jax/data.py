@@ -31,7 +31,24 @@ class Sources:
 
   @property
   def info(self) -> DataInfo:
-    return DataInfo(self.num_classes, self.num_sc_classes, self.num_cameras)
+    images = [r for recs, _ in self.multicam for r in recs]
+    captioned = sum(bool(r.captions) for r in images) / max(len(images), 1)
+    return DataInfo(self.num_classes, self.num_sc_classes, self.num_cameras, captioned)
+
+  def check_streams(self, method: str, streams: tuple[str, ...]) -> None:
+    """Before anything is built: the streams the method reads must be in the data."""
+    if SINGLECAM in streams and not self.num_sc_classes:
+      raise errors.ConfigError(
+          f"the {method} method with this config reads captioned single-camera images, but "
+          "config.data.sources has none (a source with part='singlecam' and captions)")
+    if MULTICAM_TEXT in streams:
+      bare = [r.path for recs, _ in self.multicam for r in recs if not r.captions]
+      if bare:
+        total = sum(len(recs) for recs, _ in self.multicam)
+        raise errors.DataError(
+            f"the {method} method reads a caption with every multi-camera training image, but "
+            f"{len(bare)} of {total} have none (e.g. {bare[0]}); caption them with python -m "
+            "retext_jax.tools.caption or add captions to the dataset's list")
 
 
 def data_root(config) -> str:

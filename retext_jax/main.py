@@ -39,6 +39,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "With --distributed: how many processes (default: detected).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "With --distributed: this process, 0..num_processes-1.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Continue a workdir's run although its checkpoint was trained "
+    "with another configuration (e.g. a longer schedule); without it that is an error naming "
+    "the keys. The original config.json is kept as config_until_step<N>.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 def _quiet_libraries(record: std_logging.LogRecord) -> bool:
@@ -67,7 +71,7 @@ def main(argv) -> None:
     workdir = _checked_workdir(_WORKDIR.value, _MODE.value)
     config = _config()
     if _MODE.value == "train":
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir, _ALLOW_CONFIG_CHANGE.value)
     else:
       train.evaluate(config, workdir, which=which, step=step)
   except errors.UserError as e:

@@ -200,11 +200,30 @@ class _Run:
     return evaluators.evaluate(self.evals, trained)
 
 
+def fit_to_data(config, sources: data.Sources):
+  """The config with the method's changes for what the data lack (`Method.fit_to_data`),
+  announced in one line; the same config when nothing is missing."""
+  changes, why = methods.get(config.method).fit_to_data(config, sources.info)
+  if not changes:
+    return config
+  config = config.copy_and_resolve_references()
+  for dotted, value in changes.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  logging.warning("%s; set %s", why, ", ".join(f"{k}={v}" for k, v in changes.items()))
+  return config
+
+
 def _setup(config, workdir: str) -> _Run:
   mesh = sharding.make_mesh(config.mesh.num_devices or None)
   sources = data.load_sources(config)
+  config = fit_to_data(config, sources)
   init = methods.get(config.method).create(config, sources.info)
   method = init.method
+  sources.check_streams(config.method, method.streams)
   _check_batch_sizes(config, method.streams, mesh)
   evals = evaluators.from_config(config, sources.targets, list(method.offered))
   _check_best_metric(config, evals)
@@ -215,17 +234,69 @@ def _setup(config, workdir: str) -> _Run:
               shardings, ckpt, evals)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains every stage of the method (most have one), evaluates on the targets, writes
-  results.json; returns the last stage's final metrics ({} when stopped by a signal)."""
+  results.json; returns the last stage's final metrics ({} when stopped by a signal).
+
+  A workdir holding checkpoints resumes; when they were trained with another configuration
+  (beyond `RESUMABLE`), that is an error naming the keys, unless `allow_config_change`."""
   stages = methods.get(config.method).stages(config, workdir)
   for stage_workdir, stage_config in stages[:-1]:
     if _finished(stage_config, stage_workdir):
       logging.info("stage %s is finished (%s/results.json)", stage_config.name, stage_workdir)
-    elif not _train_stage(stage_config, stage_workdir):
+    elif not _train_stage(stage_config, stage_workdir, allow_config_change):
       return {}
   last_workdir, last_config = stages[-1]
-  return _train_stage(last_config, last_workdir)
+  return _train_stage(last_config, last_workdir, allow_config_change)
+
+
+# Config entries that may change when a run resumes: how it is watched and where it runs, not
+# what it trains (a checkpoint restores on any mesh; evaluation options are the user's).
+RESUMABLE = ("eval", "evals", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+             "profile_steps", "best_metric", "mesh", "data.root", "data.cache_dir",
+             "input.eval_batch", "input.prefetch", "input.image_check", "input.on_bad_image")
+
+
+def _flat_json(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat_json(sub, f"{prefix}{key}.")
+            .items()} or {prefix[:-1]: {}}
+  return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, config) -> list[str]:
+  """"key: old -> new" for every entry outside `RESUMABLE` that differs between a checkpoint's
+  config and `config`."""
+  old, new = _flat_json(saved), _flat_json(json.loads(config.to_json_best_effort()))
+  absent = "(absent)"
+  return [f"{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}"
+          for k in sorted(old.keys() | new.keys())
+          if old.get(k, absent) != new.get(k, absent)
+          and not any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
+
+
+def _check_resume_config(config, workdir: str, ckpt: checkpointing.Checkpointer,
+                         allow: bool) -> None:
+  """Refuses to continue a run with another configuration (unless `allow`); keeps the original
+  config.json beside the new one when a change is allowed."""
+  found = ckpt.newest_config()
+  if found is None:
+    return
+  step, saved = found
+  changes = config_changes(saved, config)
+  if not changes:
+    return
+  shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+  if not allow:
+    raise errors.ConfigError(
+        f"{workdir} holds a checkpoint (step {step}) trained with another configuration: "
+        f"{shown}. Use another --workdir, or pass --allow_config_change to continue it with the "
+        "new values (e.g. a longer schedule)")
+  logging.warning("continuing %s from step %d with a changed configuration (allowed): %s",
+                  workdir, step, shown)
+  previous = os.path.join(workdir, "config.json")
+  if jax.process_index() == 0 and os.path.exists(previous):
+    os.replace(previous, os.path.join(workdir, f"config_until_step{step}.json"))
 
 
 def _finished(config, workdir: str) -> bool:
@@ -237,12 +308,14 @@ def _finished(config, workdir: str) -> bool:
   return done.get("config_name") == config.name and done.get("step") == config.total_steps
 
 
-def _train_stage(config, workdir: str) -> dict:
+def _train_stage(config, workdir: str, allow_config_change: bool = False) -> dict:
   """One stage: trains (resuming from the workdir's checkpoints), evaluates, writes
   results.json; returns the final metrics ({} when stopped by a signal)."""
   os.makedirs(workdir, exist_ok=True)
   run = _setup(config, workdir)
+  config = run.config  # as fitted to the data
   mesh, method, state, shardings, ckpt = run.mesh, run.method, run.state, run.shardings, run.ckpt
+  _check_resume_config(config, workdir, ckpt, allow_config_change)
   start, initial, history = 0, None, []
   resumed = ckpt.restore_newest_readable(
       checkpointing.abstract_with_shardings(run.saved(state), run.saved(shardings)))
@@ -251,9 +324,11 @@ def _train_stage(config, workdir: str) -> dict:
     state = {**state, **restored}
     initial, history = meta.get("initial"), meta.get("history", [])
     logging.info("resumed from %s at step %d", workdir, start)
+  config_file = os.path.join(workdir, "config.json")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    if resumed is None or not os.path.exists(config_file):  # a resumed run keeps its own
+      with open(config_file, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
     if run.tokenizer is not None:  # tools that embed text read it from here
       tokenizers.copy_tokenizer_files(run.tokenizer.source,
                                       os.path.join(workdir, inference.TOKENIZER_DIR))

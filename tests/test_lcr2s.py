@@ -176,7 +176,8 @@ def killed_and_resumed(tmp_path_factory):
   proc.wait()
   killed_at = max(_steps(f"{wd}/checkpoints"))
   teacher_steps = _steps(f"{wd}/teacher/checkpoints")
-  again = subprocess.run(_cmd(f"configs/lcr2s.py:tiny,steps={killed_at + 2}", wd, cache, *args),
+  again = subprocess.run(_cmd(f"configs/lcr2s.py:tiny,steps={killed_at + 2}", wd, cache, *args,
+                              "--allow_config_change"),
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert _steps(f"{wd}/teacher/checkpoints") == teacher_steps  # stage 1 was not run again

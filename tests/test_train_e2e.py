@@ -202,7 +202,7 @@ def test_sigkill_then_resume_reaches_final_step(tmp_path, cache):
   killed_at = max(_steps(wd))
   assert killed_at < 400
   out = _run(NO_TEXT, wd, cache, "--config.total_steps=" + str(killed_at + 4),
-             "--config.checkpoint_every=2", "--config.eval_every=0")
+             "--config.checkpoint_every=2", "--config.eval_every=0", "--allow_config_change")
   assert f"resumed from {wd} at step {killed_at}" in out.stderr
   assert max(_steps(wd)) == killed_at + 4
 
@@ -217,6 +217,7 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, cache):
   whole, cut = tmp_path / "whole", tmp_path / "cut"
   args = ["--config.total_steps=6", "--config.checkpoint_every=3", "--config.eval_every=6"]
   _run("configs/retext.py:tiny", str(whole), cache, *args)
+  _check_pictures(str(whole), steps=(0, 6))
   shutil.copytree(whole, cut)
   shutil.rmtree(cut / "checkpoints" / "6")
   os.remove(cut / "results.json")
@@ -236,6 +237,23 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, cache):
     np.testing.assert_array_equal(raw(x), raw(y), err_msg=jax.tree_util.keystr(path))
 
 
+def _check_pictures(workdir, steps):
+  """The TensorBoard pictures of every evaluation (retext_jax/eval_images.py): ranked lists per
+  Re-ID evaluator and the reconstruction sheet, showing the same queries each time."""
+  from event_utils import image_summaries
+
+  from retext_jax.tools.visualize_ranks import LAYOUT
+
+  pics = image_summaries(workdir)
+  tags = ("ranks/reid/synthetic_target", "ranks/in_domain/synthetic_source",
+          "reconstruction/synthetic_captions_test")
+  assert set(pics) == {(t, s) for t in tags for s in steps}
+  query_column = LAYOUT.origin(0, 1)[0]
+  for tag in tags[:2]:
+    first, last = pics[(tag, steps[0])], pics[(tag, steps[-1])]
+    assert np.array_equal(first[:, :query_column], last[:, :query_column]), tag
+
+
 def _damage(step_dir):
   """Truncates every array file of a checkpoint to half its size."""
   for path in glob.glob(f"{step_dir}/state/ocdbt.process_0/d/*"):
@@ -251,7 +269,7 @@ def test_damaged_checkpoints_fall_back_or_fail_in_one_line(tmp_path, cache):
   ev = _run(NO_TEXT, wd, cache, "--mode=eval")  # evaluation falls back to step 2 as well
   assert "checkpoints/4: " in ev.stderr and "falling back to step 2" in ev.stderr
   assert json.load(open(f"{wd}/results_eval_latest.json"))["step"] == 2
-  out = _run(NO_TEXT, wd, cache, "--config.total_steps=6", *args)
+  out = _run(NO_TEXT, wd, cache, "--config.total_steps=6", "--allow_config_change", *args)
   warned = [x for x in out.stderr.splitlines() if "checkpoint unreadable" in x]
   assert len(warned) == 1 and "checkpoints/4: " in warned[0], out.stderr[-3000:]
   assert "falling back to step 2" in warned[0] and f"resumed from {wd} at step 2" in out.stderr
@@ -259,7 +277,8 @@ def test_damaged_checkpoints_fall_back_or_fail_in_one_line(tmp_path, cache):
   for step in _steps(wd):
     _damage(f"{wd}/checkpoints/{step}")
   for extra, expected in ((["--mode=eval"], "none of steps [6, 4] reads"),
-                          (["--config.total_steps=8", *args], "can be read (tried steps 6, 4"),
+                          (["--config.total_steps=8", "--allow_config_change", *args],
+                           "can be read (tried steps 6, 4"),
                           (["--mode=eval"], "set aside as unreadable by an earlier run")):
     bad = _run(NO_TEXT, wd, cache, *extra, check=False)
     errors = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
@@ -343,11 +362,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
   wd = str(tmp_path / "wd")
   _run(NO_TEXT, wd, cache, "--config.total_steps=2", "--config.checkpoint_every=2",
        "--config.eval_every=0")
-  # Resume with an absurd learning rate: the weights blow up and the loss becomes non-finite.
+  original = open(f"{wd}/config.json").read()
+  # Another batch size and dtype in the same workdir: an error naming both, config.json kept.
+  other = _run(NO_TEXT, wd, cache, "--config.total_steps=2", "--config.eval_every=0",
+               "--config.input.multicam_p=2", "--config.model.dtype=bfloat16", check=False)
+  line = [x for x in other.stderr.splitlines() if x.startswith("error:")]
+  assert other.returncode == 2 and len(line) == 1, other.stderr[-2000:]
+  assert "input.multicam_p: 4 -> 2" in line[0] and "model.dtype: 'float32' -> 'bfloat16'" in \
+      line[0] and "--allow_config_change" in line[0]
+  assert open(f"{wd}/config.json").read() == original
+  # Resume with an absurd learning rate (allowed): the weights blow up, the loss is non-finite.
   proc = _run(NO_TEXT, wd, cache, "--config.total_steps=50", "--config.eval_every=0",
               "--config.checkpoint_every=1000", "--config.optim.lr=1e8",
-              "--config.optim.warmup_steps=0", check=False)
+              "--config.optim.warmup_steps=0", "--allow_config_change", check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
   assert "non-finite loss at step" in line and "loss/" in line
   assert _steps(wd) == [2]
+  assert open(f"{wd}/config_until_step2.json").read() == original  # the original run's config
+  assert json.load(open(f"{wd}/config.json"))["optim"]["lr"] == 1e8

@@ -45,6 +45,7 @@ class DataInfo:
   num_classes: int  # identities of the multi-camera sources (one classifier over all)
   num_sc_classes: int = 0  # identities of the captioned single-camera sources
   num_cameras: int = 0  # cameras of the multi-camera sources (camera embeddings)
+  multicam_captioned: float = 0.0  # share of multi-camera training images with a caption
 
 
 @dataclasses.dataclass
@@ -83,6 +84,16 @@ class Method(abc.ABC):
   def restore(cls, config: Mapping[str, Any], model_dict: Mapping[str, Any]) -> Method:
     """The method described by a checkpoint's metadata (no data, no init files)."""
     return cls(config, cls.model_config_cls.from_dict(dict(model_dict)))
+
+  @classmethod
+  def fit_to_data(cls, config: Mapping[str, Any], data: DataInfo
+                  ) -> tuple[dict[str, Any], str]:
+    """({dotted config key: value}, why) that fit the config to training data lacking a stream
+    it would read (ReText without captioned images: its text losses off), applied by the
+    trainer before `create` with a one-line notice; ({}, "") when nothing is missing. What a
+    method cannot do without is left to the trainer's check, an error naming the stream."""
+    del config, data
+    return {}, ""
 
   @classmethod
   def stages(cls, config: Mapping[str, Any], workdir: str) -> list[tuple[str, Any]]:

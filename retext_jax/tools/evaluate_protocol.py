@@ -9,7 +9,9 @@ p2_m / p2_ms / p2_c3 and p3_* (leave-one-out among Market-1501, MSMT17, CUHK-SYS
 m_to_ms, ms_to_m, m_to_d, d_to_m (single source), sup_market1501 / sup_msmt17 /
 sup_dukemtmcreid / sup_occluded_duke (supervised), t2i_cuhkpedes / t2i_icfgpedes / t2i_rstpreid
 (text-to-image), synthetic, synthetic_t2i and synthetic_supervised (the synthetic benchmark;
---data_root defaults to the folder the training config rendered). Writes <out>/<protocol>.md
+--data_root defaults to the folder the training config rendered), custom and custom_t2i (your
+own folder read by the `custom` reader: its query/gallery splits, its captioned test split;
+--data_root is that folder, by default the one the model was trained on with data=DIR). Writes <out>/<protocol>.md
 and .json (default out: <workdir>/protocols); the JSON holds every split's metrics and the CMC
 curves `plot_cmc` reads.
 """
@@ -27,6 +29,11 @@ from retext_jax.tools import common
 def _data_root(args, trained) -> str:
   if args.data_root:
     return os.path.expanduser(args.data_root)
+  if args.protocol.startswith("custom"):
+    if not trained.config.data.get("custom"):
+      raise errors.ConfigError("--data_root is required: give your annotated folder (the model "
+                               "was not trained with data=DIR, so there is no default)")
+    return trained.config.data.custom
   if args.protocol.startswith("synthetic"):
     from retext_jax import data
 

@@ -62,6 +62,15 @@ class CLIPSCGIMethod(base.Method):
   backbone_keys = ("vision", "text")
 
   @classmethod
+  def fit_to_data(cls, config, data: base.DataInfo) -> tuple[dict, str]:
+    """Without any caption on the training images, caption-guided inversion is switched off
+    (CFF keeps the plain prompt): the CLIP-ReID-style model with CFF."""
+    if not config.model.cgi or data.multicam_captioned > 0:
+      return {}, ""
+    return ({"model.cgi": False},
+            "no training image has a caption (tools.caption writes them): CGI is off")
+
+  @classmethod
   def create(cls, config, data: base.DataInfo) -> base.Init:
     m = config.model
     cams = data.num_cameras if m.camera_embedding else 0

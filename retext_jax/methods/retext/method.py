@@ -68,6 +68,19 @@ class ReTextMethod(base.Method):
     )
     return base.Init(cls(config, mcfg), loaded, tokenizer)
 
+  @classmethod
+  def fit_to_data(cls, config, data: base.DataInfo) -> tuple[dict, str]:
+    """Without captioned single-camera images (e.g. your own multi-camera folder with no
+    captions), the text and single-camera losses are switched off: Re-ID alone, the BoT-style
+    baseline with this config's backbone and recipe."""
+    on = [f"loss.lambda_{k}" for k in ("iam", "sp", "rec", "sc_id")
+          if config.loss[f"lambda_{k}"] > 0]
+    if data.num_sc_classes or not on:
+      return {}, ""
+    return ({k: 0.0 for k in on},
+            "config.data.sources has no captioned single-camera image (part='singlecam' with "
+            "captions): ReText trains on the Re-ID data alone (BoT-style)")
+
   def make_module(self) -> ReText:
     return ReText(self.model_config, dtype=self.dtype)
 
