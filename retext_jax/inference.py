@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -71,6 +73,25 @@ class TrainedModel:
   @property
   def image_size(self) -> tuple[int, int]:
     return tuple(self.config.input.image_size)
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A hash of the variables and the test-time options that shape the features: the same
+    model gives the same fingerprint wherever its workdir lies, another step or run another."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables):
+      h.update(jax.tree_util.keystr(path).encode())
+      h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    h.update(json.dumps({k: self.config.eval.get(k) for k in ("features", "neck")}).encode())
+    return h.hexdigest()[:16]
+
+  def provenance(self) -> dict[str, Any]:
+    """What a feature file records about the model that wrote it (`tools.extract`)."""
+    prep = preprocessing(self.config)
+    return {"workdir": self.workdir, "step": self.step, "method": self.method.name,
+            "model": self.config.name, "fingerprint": self.fingerprint,
+            "eval": {k: self.config.eval.get(k) for k in ("features", "neck")},
+            "preprocessing": {k: prep[k] for k in ("image_size", "mean", "std")}}
 
   @property
   def has_text(self) -> bool:

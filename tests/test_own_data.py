@@ -18,6 +18,7 @@ from configs import retext
 from input_pipeline import registry
 from input_pipeline.synthetic import ensure_benchmark
 from retext_jax import errors
+from retext_jax.tools import common, extract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERY_NAME = "query/0007_c1_0000.jpg"  # the README's example query image
@@ -58,7 +59,7 @@ def _readme_commands() -> list[str]:
           if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_readme_own_data_commands_train_evaluate_and_query(bench, tmp_path):
+def test_readme_own_data_commands_train_evaluate_and_query(bench, tmp_path, capsys):
   folder = tmp_path / "my_cams"
   _write_folder(folder, bench, captions=True)
   lines = _readme_commands()
@@ -78,6 +79,25 @@ def test_readme_own_data_commands_train_evaluate_and_query(bench, tmp_path):
     assert argv[:2] == ["python", "-m"]
     args = [a.replace("workdirs/my_cams", workdir) for a in argv[3:]]
     assert importlib.import_module(argv[2]).main(args) == 0
+  # Feature files carry their provenance; a file from another model (here: step 3 of the same
+  # run) is refused by `query`, the same model in another folder is not.
+  feats, probe = str(tmp_path / "gallery.safetensors"), str(folder / QUERY_NAME)
+  assert extract.main(["--workdir", workdir, "--dataset", f"custom:{folder}:gallery",
+                       "--out", feats]) == 0
+  info = common.load_features(feats)
+  assert (info["workdir"], info["step"], info["kind"], info["method"]) == (
+      workdir, 6, "reid", "retext")
+  assert info["preprocessing"]["image_size"] == [64, 32]
+  earlier, moved = tmp_path / "earlier", tmp_path / "moved"
+  shutil.copytree(workdir, earlier)
+  shutil.rmtree(earlier / "checkpoints" / "6")
+  shutil.copytree(workdir, moved)
+  capsys.readouterr()
+  assert query.main(["--workdir", str(earlier), "--image", probe, "--gallery", feats]) == 2
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert line.startswith("error: ") and "at step 6" in line and "at step 3" in line, line
+  assert workdir in line and str(earlier) in line
+  assert query.main(["--workdir", str(moved), "--image", probe, "--gallery", feats]) == 0
   table = json.load(open(f"{workdir}/protocols/custom.json"))
   custom = table["targets"]["custom"]
   assert custom["num_query"] == len(registry.get_dataset("custom", str(folder)).query)

@@ -11,9 +11,9 @@ sup_dukemtmcreid / sup_occluded_duke (supervised), t2i_cuhkpedes / t2i_icfgpedes
 (text-to-image), synthetic, synthetic_t2i and synthetic_supervised (the synthetic benchmark;
 --data_root defaults to the folder the training config rendered), custom and custom_t2i (your
 own folder read by the `custom` reader: its query/gallery splits, its captioned test split;
---data_root is that folder, by default the one the model was trained on with data=DIR). Writes <out>/<protocol>.md
-and .json (default out: <workdir>/protocols); the JSON holds every split's metrics and the CMC
-curves `plot_cmc` reads.
+--data_root is that folder, by default the one the model was trained on with data=DIR). Writes
+<out>/<protocol>.md and .json (default out: <workdir>/protocols); the JSON holds every split's
+metrics and the CMC curves `plot_cmc` reads.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ r"""Queries a gallery with an image or a text description and prints the top-k w
 
 The gallery is a folder, a dataset split, or a feature file from `tools.extract` (faster when
 querying the same gallery many times: extract it once; image queries need `--kind reid`
-features, text queries `--kind matching`). Scores are cosine similarities; `--json` writes the
-ranked list as JSON too.
+features, text queries `--kind matching`; a file extracted by another model, or another step of
+it, is refused, by the fingerprint `extract` records). Scores are cosine similarities; `--json`
+writes the ranked list as JSON too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def _gallery(args, trained, kind: str) -> dict:
       raise errors.ConfigError(f"--gallery {args.gallery} holds {g.get('kind')!r} features; a "
                        f"{'text' if kind == 'matching' else 'image'} query needs --kind {kind} "
                        "(python -m retext_jax.tools.extract)")
+    if g.get("fingerprint") != trained.fingerprint:
+      made_by = (f"was extracted by {g.get('model')} at step {g.get('step')} ({g.get('workdir')})"
+                 if g.get("fingerprint") else "records no model (extracted before feature files "
+                 "carried their provenance)")
+      raise errors.ConfigError(
+          f"--gallery {args.gallery} {made_by}, not by this model, {trained.config.name} at step "
+          f"{trained.step} ({trained.workdir}): its scores would be meaningless; extract the "
+          f"gallery again: python -m retext_jax.tools.extract --workdir {args.workdir} ...")
     return g
   records = common.records_from_args(args, "gallery_")
   f = trained.embed_records(records, kind, args.batch_size, progress="gallery")
