@@ -158,3 +158,17 @@ def test_evaluators_check_what_the_method_offers():
   with pytest.raises(errors.DataError, match="target target .mine at /data/mine. has no query "
                                              "images"):
     evaluators.from_config(c, {"target": no_query}, ["reid"])
+
+
+def test_camera_embedding_models_give_test_features_without_camera_ids():
+  """TransReID's side information (`camera=1`): training sees each image's camera, test-time
+  feature functions (evaluation, extract, export) have none and use the mean embedding."""
+  from configs import bot
+
+  config = bot.get_config("tiny,camera=1")
+  method = methods.get("bot").create(config, base.DataInfo(4, num_cameras=3)).method
+  variables = method.init_variables(jax.random.key(0))
+  assert variables["params"]["image_encoder"]["camera_embed"].shape[0] == 3
+  images = np.random.default_rng(0).normal(size=(2, *config.input.image_size, 3))
+  feats = np.asarray(method.offered[base.REID](variables, images.astype(np.float32)))
+  assert feats.shape[0] == 2 and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)

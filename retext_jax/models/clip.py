@@ -226,11 +226,11 @@ class CLIPVisionTower(nn.Module):
     cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d))
     x = jnp.concatenate([cls, x.reshape(b, gh * gw, d)], axis=1) + pos.astype(self.dtype)
     if c.num_cameras:
-      if camera is None:
-        raise ValueError("this CLIP vision tower has a camera embedding: pass camera ids")
       table = self.param("camera_embed", nn.initializers.truncated_normal(0.02),
                          (c.num_cameras, d))
-      x = x + table[camera][:, None, :].astype(self.dtype)
+      # Unknown camera (test-time features): the mean embedding, as in models/vit.py.
+      side = table.mean(axis=0, keepdims=True) if camera is None else table[camera]
+      x = x + side[:, None, :].astype(self.dtype)
     norm = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=name)
     x = norm("pre_norm")(x)
     for i in range(c.num_layers):

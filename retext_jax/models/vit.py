@@ -174,10 +174,12 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
     x = x + pos.astype(x.dtype)
     if cfg.num_cameras:
-      if camera is None:
-        raise ValueError("this ViT has a camera embedding: pass camera=[B] int ids")
       table = self.param("camera_embed", init, (cfg.num_cameras, d))
-      x = x + (cfg.camera_coef * table[camera])[:, None, :].astype(x.dtype)
+      # Images of an unknown camera (camera=None: every test-time feature function, the
+      # exported extractor, a user's own photos) get the mean camera embedding, the expected
+      # value over the training cameras (TransReID adds the test image's own camera).
+      side = table.mean(axis=0, keepdims=True) if camera is None else table[camera]
+      x = x + (cfg.camera_coef * side)[:, None, :].astype(x.dtype)
 
     visible_ids = None
     if patch_mask is not None:
