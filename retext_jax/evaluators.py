@@ -144,15 +144,51 @@ def reid_metrics(embed: FeatureCache, dataset, rerank: bool = False, max_rank: i
                  ) -> dict[str, Any]:
   """Query against gallery of `dataset` (same-camera matches of the query's identity and junk
   removed): SCALARS, the CMC curve and the sizes."""
+  return _reid(embed, dataset, rerank, max_rank)[0]
+
+
+def _reid(embed: FeatureCache, dataset, rerank: bool, max_rank: int
+          ) -> tuple[dict[str, Any], Features, Features, np.ndarray | None]:
+  """`reid_metrics` plus the query and gallery features and, with re-ranking, the distances."""
   q = embed(dataset.query, f"{dataset.name} query")
   g = embed(dataset.gallery, f"{dataset.name} gallery")
+  dist = None
   if rerank:
     dist = evaluation.k_reciprocal_rerank(q.feats, g.feats)
     res = evaluation.evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank)
   else:
     res = _features_metrics(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, max_rank,
                             "cosine")
-  return summary(res, len(q.pids), len(g.pids))
+  return summary(res, len(q.pids), len(g.pids)), q, g, dist
+
+
+@dataclasses.dataclass
+class RankedRows:
+  """A few queries of a target with their distances to its whole gallery, as the evaluator
+  ranked them: all a ranked-list picture needs, kept without the [n, D] features."""
+
+  queries: list  # Records of the chosen queries, in query order
+  dist: np.ndarray  # [len(queries), G] float32
+  gallery: list  # Records of the gallery rows
+  g_pids: np.ndarray
+  g_camids: np.ndarray
+
+
+def ranked_rows(q: Features, g: Features, dist: np.ndarray | None, num: int, seed: int
+                ) -> RankedRows | None:
+  """`num` queries drawn with `seed` among those with a true match (the same ones whenever the
+  same images were read), with their distance rows: the re-ranked `dist` when given, else
+  cosine as the evaluator ranks; None when no query can be answered."""
+  from retext_jax.tools import visualize_ranks
+
+  try:
+    picked = visualize_ranks.choose_queries(q.pids, q.camids, g.pids, g.camids, num, seed)
+  except errors.DataError:
+    return None
+  rows = dist[picked] if dist is not None else evaluation.pairwise_distance(
+      q.feats[picked], g.feats, "cosine")
+  return RankedRows([q.records[i] for i in picked], np.asarray(rows, np.float32), g.records,
+                    g.pids, g.camids)
 
 
 def _features_metrics(q, g, q_pids, g_pids, q_camids, g_camids, max_rank: int, metric: str
@@ -225,12 +261,27 @@ class ReIDEvaluator:
     self.targets, self.batch_size, self.max_rank = dict(targets), batch_size, max_rank
     self.features, self.rerank = features, rerank
     self.predict_fns = self.needs[features]
+    self.show, self.show_seed = 0, 0
+    self.shown: dict[str, RankedRows] = {}  # of the last run, per target (`keep_ranked`)
+
+  def keep_ranked(self, num: int, seed: int) -> None:
+    """From the next run on, keep `ranked_rows` of `num` queries per target in `self.shown`
+    (the trainer's TensorBoard ranked lists: nothing is embedded twice); 0 keeps none."""
+    if num < 0:
+      raise errors.ConfigError(f"config.eval.tb_images={num}: expected 0 (off) or more")
+    self.show, self.show_seed = int(num), int(seed)
 
   def run(self, trained) -> dict[str, dict[str, float]]:
-    return with_average({
-        name: scalars(reid_metrics(FeatureCache(trained, self.features, self.batch_size), ds,
-                                   self.rerank, self.max_rank))
-        for name, ds in self.targets.items()})
+    results, shown = {}, {}
+    for name, ds in self.targets.items():
+      res, q, g, dist = _reid(FeatureCache(trained, self.features, self.batch_size), ds,
+                              self.rerank, self.max_rank)
+      results[name] = scalars(res)
+      rows = ranked_rows(q, g, dist, self.show, self.show_seed) if self.show else None
+      if rows is not None:
+        shown[name] = rows
+    self.shown = shown
+    return with_average(results)
 
 
 class TextEvaluator:
@@ -287,6 +338,8 @@ def from_config(config, targets: Mapping[str, Any], offered: Sequence[str]) -> d
       if empty:
         raise errors.DataError(f"config.evals.{name}: target {t} ({ds.name} at {ds.root}) has "
                                f"no {' and no '.join(empty)} images")
+    if isinstance(evaluator, ReIDEvaluator):  # the trainer's pictures (retext_jax.eval_images)
+      evaluator.keep_ranked(int(config.eval.get("tb_images", 0)), int(config.get("seed", 0)))
     out[name] = evaluator
   return out
 

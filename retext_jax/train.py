@@ -26,6 +26,7 @@ from retext_jax import (
     checkpointing,
     data,
     errors,
+    eval_images,
     evaluators,
     inference,
     methods,
@@ -352,6 +353,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool = False) -> dic
                                            every_steps=config.log_every)
   if start == 0 and config.eval_every:
     initial = run.evaluate(state, 0)  # the untrained model: the baseline training must beat
+    eval_images.write(writer, 0, run, state)  # ranked lists and reconstructions
     history.append({"step": 0, "evals": initial})
     writer.write_scalars(0, {f"eval/{k}": v for k, v in _flatten(initial).items()})
     logging.info("step 0 (untrained) %s", _summary(initial))
@@ -376,6 +378,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool = False) -> dic
       if evaluate:
         with report.timed("eval"):
           results = run.evaluate(state, step)
+          eval_images.write(writer, step, run, state)
         history.append({"step": step, "evals": results})
         writer.write_scalars(step, {f"eval/{k}": v for k, v in _flatten(results).items()})
         logging.info("step %d %s", step, _summary(results))

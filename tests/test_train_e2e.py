@@ -68,6 +68,7 @@ def test_full_run_on_8_devices_two_processes_then_eval_on_1(tmp_path, cache):
   assert set(target) == {"R1", "R5", "R10", "mAP", "mINP"}
   assert 0 < target["mAP"] <= 1 and target["R1"] <= target["R5"] <= target["R10"]
   assert glob.glob(f"{wd}/events.out.tfevents.*")
+  _check_pictures(wd, steps=(0, 6))  # the reconstruction batch padded to the 8 devices
   assert _steps(wd) == [3, 6]
   assert glob.glob(f"{wd}/best/[0-9]*")
   assert [h["step"] for h in res["history"]] == [0, 6]  # the learning curve
@@ -143,6 +144,7 @@ def _two_processes_match(one, one_results, wd, cache):
   assert mine[1] == []
   events = glob.glob(f"{wd}/events.out.tfevents.*")
   assert len(events) == 1 and f".{procs[0].pid}." in events[0]
+  _check_pictures(wd, steps=(0, 6))  # process 0 draws; both reconstruct (sharded model)
   assert "raw pixels" in outs[0][0] and "[retext_tiny]" not in outs[1][0]  # printed once
   # The checkpoint the two processes wrote restores on one process of one device.
   _run(FSDP_TINY[0], wd, cache, "--mode=eval", devices=1)
