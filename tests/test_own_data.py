@@ -18,7 +18,7 @@ from configs import retext
 from input_pipeline import registry
 from input_pipeline.synthetic import ensure_benchmark
 from retext_jax import errors
-from retext_jax.tools import common, extract
+from retext_jax.tools import common, extract, query
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERY_NAME = "query/0007_c1_0000.jpg"  # the README's example query image
@@ -65,7 +65,7 @@ def test_readme_own_data_commands_train_evaluate_and_query(bench, tmp_path, caps
   lines = _readme_commands()
   assert lines[0].startswith("D=")
   env = {"D": str(folder)}
-  check, train, evaluate, query = [shlex.split(line.replace("$D", env["D"])) for line in lines[1:5]]
+  check, train, evaluate, ask = [shlex.split(line.replace("$D", env["D"])) for line in lines[1:5]]
   assert "configs/retext.py:custom,data=" + env["D"] in " ".join(train)  # step 2: not run here
   workdir = str(tmp_path / "check")
   check = [a.replace("workdirs/my_cams_check", workdir) for a in check]
@@ -75,7 +75,7 @@ def test_readme_own_data_commands_train_evaluate_and_query(bench, tmp_path, caps
   results = json.load(open(f"{workdir}/results.json"))
   assert set(results["evals"]) == {"reid"} and set(results["evals"]["reid"]) == {"custom"}
   assert "switched off" not in proc.stderr and "Re-ID data alone" not in proc.stderr
-  for argv in (evaluate, query):  # python -m retext_jax.tools.X ARGS, run in-process
+  for argv in (evaluate, ask):  # python -m retext_jax.tools.X ARGS, run in-process
     assert argv[:2] == ["python", "-m"]
     args = [a.replace("workdirs/my_cams", workdir) for a in argv[3:]]
     assert importlib.import_module(argv[2]).main(args) == 0
