@@ -120,14 +120,14 @@ def test_masked_patch_count_is_one_rule_where_ratio_times_patches_ends_in_half()
   assert pipe.num_masked == method.model_config.num_masked == 53
   # A mask made by the pipeline's rule goes through the model's reconstruction; the visible
   # tokens are the 52 unmasked patches.
-  variables = method.init_variables(jax.random.key(0))
+  variables = jax.jit(method.init_variables)(jax.random.key(0))  # compiled: ~10x faster
   rng = np.random.default_rng(0)
   mask = masking.random_patch_mask(rng, 2, 105, pipe.num_masked)
   images = rng.normal(size=(2, 240, 112, 3)).astype(np.float32)
-  out = method.model.apply(variables, images, patch_mask=mask,
-                           num_masked=method.model_config.num_masked,
-                           method=lambda m, x, **kw: m.image_encoder(x, **kw))
-  assert out["patch_tokens"].shape[1] == 52
+  encode = jax.jit(lambda v, x, m: method.model.apply(
+      v, x, patch_mask=m, num_masked=method.model_config.num_masked,
+      method=lambda mod, x, **kw: mod.image_encoder(x, **kw)))
+  assert encode(variables, images, mask)["patch_tokens"].shape[1] == 52
   # A mask with another count is refused instead of silently gathering the wrong patches.
   with pytest.raises(ValueError, match=r"masks \[52\] patches per row where num_masked=53"):
     method.model.apply(variables, images, patch_mask=masking.random_patch_mask(rng, 2, 105, 52),
