@@ -2,10 +2,11 @@
 
   python benchmarks/export.py --workdir workdirs/demo
 
-Exports the workdir's extractor with `python -m retext_jax.tools.export` (jax.export) and as a
-TF SavedModel, runs both on the first `--num` gallery images of the synthetic target domain
-(pixels read as the evaluation pipeline reads them) and compares their features with
-`inference.load(workdir).image_features`. Prints a table and writes JSON
+Exports the workdir's extractor with `python -m retext_jax.tools.export` (jax.export), as a
+TF SavedModel and as ONNX (when jax2onnx and onnxruntime are installed; run by onnxruntime on the
+CPU), runs each on the first `--num` gallery images of the synthetic target domain (pixels read
+as the evaluation pipeline reads them) and compares their features with the framework's (the
+model's jitted Re-ID function on the same pixels, normalised). Prints a table and writes JSON
 (default benchmarks/results/export.json).
 """
 
@@ -31,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 from input_pipeline import pipeline  # noqa: E402
 from input_pipeline.registry import get_dataset  # noqa: E402
 from retext_jax import data, export, inference  # noqa: E402
+from retext_jax.methods import base  # noqa: E402
 from retext_jax.tools import export as export_tool  # noqa: E402
 
 
@@ -60,18 +62,30 @@ def main() -> None:
   h, w = trained.image_size
   pixels = np.stack([pipeline.load_image(tf.constant(r.path), (h, w)).numpy() for r in records])
   mean, std = np.asarray(trained.config.input.mean), np.asarray(trained.config.input.std)
-  framework, t_framework = _timed(trained.image_features,
+  reid = trained.method.jitted(base.REID)
+  framework, t_framework = _timed(lambda x: np.asarray(reid(trained.variables, x)),
                                   ((pixels / 255.0 - mean) / std).astype(np.float32))
   rows = {}
   with tempfile.TemporaryDirectory() as tmp:
-    jax_dir, tf_dir = os.path.join(tmp, "jax"), os.path.join(tmp, "tf")
+    jax_dir, tf_dir, onnx_dir = (os.path.join(tmp, x) for x in ("jax", "tf", "onnx"))
     assert export_tool.main(["--workdir", args.workdir, "--out", jax_dir]) == 0
     assert export_tool.main(["--workdir", args.workdir, "--out", tf_dir,
                              "--format", "saved_model"]) == 0
     serving = tf.saved_model.load(tf_dir).signatures["serving_default"]
-    for name, fn, path in (
+    artifacts = [
         ("jax.export", export.load_extractor(jax_dir), os.path.join(jax_dir, export.ARTIFACT)),
-        ("TF SavedModel", lambda x: serving(pixels=tf.constant(x))["features"].numpy(), tf_dir)):
+        ("TF SavedModel", lambda x: serving(pixels=tf.constant(x))["features"].numpy(), tf_dir)]
+    try:
+      export.onnx_converter()
+      import onnxruntime  # noqa: F401
+    except ImportError as e:
+      print(f"no ONNX row: {e}", file=sys.stderr)
+    else:
+      assert export_tool.main(["--workdir", args.workdir, "--out", onnx_dir,
+                               "--format", "onnx"]) == 0
+      artifacts.append(("ONNX (onnxruntime CPU)", export.load_onnx_extractor(onnx_dir),
+                        os.path.join(onnx_dir, export.ONNX_ARTIFACT)))
+    for name, fn, path in artifacts:
       feats, seconds = _timed(fn, pixels)
       rows[name] = {"max_abs_diff": float(np.abs(feats - framework).max()),
                     "seconds": seconds, "megabytes": _size(path) / 2**20}

@@ -12,7 +12,7 @@ Presets (`--config=configs/retext.py:PRESET[,key=value,...]`):
 
     python -m retext_jax.main --config=configs/retext.py:demo --workdir=workdirs/demo
 
-  Measured on 2 CPU cores: 7 min 45 s after install (+13 s to render the benchmark once);
+  Measured on 2 CPU cores: 6 min 47 s after install (+13 s to render the benchmark once);
   unseen target domain R1 37.0 %, mAP 29.2 % (untrained 3.8 %, raw pixels 16.0 %: 1.82x);
   source test split mAP 50.5 %; text-to-image R1 42.6 %, mAP 57.3 %. The recipe (conv stem,
   camera-response augmentation, BNNeck-fed matching) is explained in docs/retext.md.

@@ -4,18 +4,26 @@
   extractor.jax_exported   serialized `jax.export` StableHLO, weights inside, batch symbolic
   preprocessing.json       image size, mean/std, and how the pixels must be prepared
 and `export_saved_model(trained, out_dir)` a TF SavedModel (jax2tf) with the same function as its
-`serving_default` signature, for TF Serving and TF tooling. The function takes RGB pixels float32
+`serving_default` signature, for TF Serving and TF tooling; `export_onnx(trained, out_dir)` an
+ONNX model (jax2onnx; input `pixels`, output `features`, symbolic batch) for onnxruntime and the
+runtimes that read ONNX. The function takes RGB pixels float32
 [b, H, W, 3] in [0, 255], already resized to (H, W) as the evaluation pipeline does
-(tf.image.resize, bilinear, no antialias), normalises them and returns the L2-normalised Re-ID
+(tf.image.resize, bilinear, antialiased), normalises them and returns the L2-normalised Re-ID
 features the framework computes (`inference.image_features`). `load_extractor(out_dir)` gives
-back a callable for the first format; it needs only `jax`.
+back a callable for the first format; it needs only `jax`. `load_onnx_extractor(out_dir)` runs
+the ONNX one with onnxruntime; it needs only `onnxruntime` and numpy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +34,12 @@ from retext_jax import errors
 ARTIFACT = "extractor.jax_exported"
 PREPROCESSING = "preprocessing.json"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
+ONNX_ARTIFACT = "extractor.onnx"
+ONNX_OPSET = 23  # jax2onnx's default
+ONNX_MIN_OPSET = 18  # older ones: jax2onnx still writes opset-18 ops (ReduceL2 with axes input)
+ONNX_INPUT, ONNX_OUTPUT = "pixels", "features"
+# Newer jax2onnx releases cap orbax-checkpoint below the version this project pins.
+ONNX_PIP = "pip install -e '.[onnx]' (or: pip install 'jax2onnx==0.13.0' onnx onnxruntime)"
 
 
 def extractor_fn(trained) -> Callable[[jax.Array], jax.Array]:
@@ -76,6 +90,73 @@ def export_saved_model(trained, out_dir: str) -> str:
   return out_dir
 
 
+def export_onnx(trained, out_dir: str, opset: int = ONNX_OPSET) -> str:
+  """Writes `<out_dir>/extractor.onnx` (pixels -> features, batch dimension symbolic). A model
+  that computes in bfloat16 is written computing in float32: onnxruntime's CPU kernels have no
+  bfloat16 convolution or matmul (the parameters are float32 either way)."""
+  jax2onnx, onnx = onnx_converter()
+  compute_dtype = str(jnp.dtype(trained.method.dtype))
+  trained = _computing_in_float32(trained)
+  h, w = trained.image_size
+  with _quiet_converter():
+    model = jax2onnx.to_onnx(extractor_fn(trained), [("batch", h, w, 3)],
+                             input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                             model_name="retext_extractor", opset=opset)
+  try:  # an opset older than the ops the converter writes gives an invalid graph
+    onnx.checker.check_model(model)
+  except onnx.checker.ValidationError as e:
+    if opset >= ONNX_OPSET:
+      raise
+    first = str(e).strip().splitlines()[0]
+    raise errors.ConfigError(f"opset {opset}: the converted model is not valid ONNX ({first}); "
+                             f"use a newer opset (default {ONNX_OPSET})") from None
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, ONNX_ARTIFACT)
+  onnx.save_model(model, path)
+  dim = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+  _write_preprocessing(trained, out_dir, int(dim), format="onnx", opset=opset,
+                       input_name=ONNX_INPUT, output_name=ONNX_OUTPUT,
+                       compute_dtype="float32", trained_compute_dtype=compute_dtype)
+  return path
+
+
+def _computing_in_float32(trained):
+  """`trained` with its module rebuilt for float32 compute, as `Method.restore` builds it."""
+  if trained.method.dtype == jnp.float32:
+    return trained
+  config = trained.config.copy_and_resolve_references()
+  config.model.dtype = "float32"
+  method = type(trained.method)(config, trained.method.model_config)
+  return dataclasses.replace(trained, method=method, config=config)
+
+
+def onnx_converter() -> tuple[ModuleType, ModuleType]:
+  """(jax2onnx, onnx), imported here so the package works without them."""
+  try:
+    import jax2onnx
+    import onnx
+  except ImportError as e:
+    raise errors.DependencyError(f"ONNX export needs jax2onnx and onnx ({e.name} is missing): "
+                                 f"{ONNX_PIP}") from None
+  return jax2onnx, onnx
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+  """jax2onnx prints debug lines and logs a warning per skipped plugin and per untyped
+  intermediate value; none of it concerns the exported model, which `export_onnx` checks."""
+  loggers = [logging.getLogger(name) for name in ("jax2onnx", "onnx_ir")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    for lg, level in zip(loggers, levels, strict=True):
+      lg.setLevel(level)
+
+
 def _write_preprocessing(trained, out_dir: str, feature_dim: int, **extra) -> None:
   from retext_jax import inference
 
@@ -98,10 +179,37 @@ def load_extractor(out_dir: str) -> Callable[[np.ndarray], np.ndarray]:
   h, w = exported.in_avals[0].shape[1:3]
 
   def call(pixels: np.ndarray) -> np.ndarray:
-    pixels = np.asarray(pixels, np.float32)
-    if pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
-      raise errors.DataError(f"exported extractor expects pixels [batch, {h}, {w}, 3], got "
-                       f"{pixels.shape}; resize as {PREPROCESSING} says")
-    return np.asarray(exported.call(pixels))
+    return np.asarray(exported.call(_checked_pixels(pixels, h, w)))
 
   return call
+
+
+def load_onnx_extractor(out_dir: str, providers: Sequence[str] = ("CPUExecutionProvider",)
+                        ) -> Callable[[np.ndarray], np.ndarray]:
+  """The ONNX extractor under onnxruntime (`providers` in order of preference): pixels
+  [b, H, W, 3] (float or uint8, 0..255) -> features [b, D]. Without this package:
+  `onnxruntime.InferenceSession(path).run(["features"], {"pixels": pixels})[0]`."""
+  path = os.path.join(out_dir, ONNX_ARTIFACT)
+  if not os.path.isfile(path):
+    raise errors.MissingFileError(f"{path} does not exist (write it with "
+                                  "python -m retext_jax.tools.export --format onnx)")
+  try:
+    import onnxruntime
+  except ImportError:
+    raise errors.DependencyError("running the ONNX extractor needs onnxruntime: "
+                                 "pip install onnxruntime") from None
+  session = onnxruntime.InferenceSession(path, providers=list(providers))
+  h, w = session.get_inputs()[0].shape[1:3]
+
+  def call(pixels: np.ndarray) -> np.ndarray:
+    return session.run([ONNX_OUTPUT], {ONNX_INPUT: _checked_pixels(pixels, h, w)})[0]
+
+  return call
+
+
+def _checked_pixels(pixels: np.ndarray, h: int, w: int) -> np.ndarray:
+  pixels = np.asarray(pixels, np.float32)
+  if pixels.ndim != 4 or pixels.shape[1:] != (h, w, 3):
+    raise errors.DataError(f"exported extractor expects pixels [batch, {h}, {w}, 3], got "
+                           f"{pixels.shape}; resize as {PREPROCESSING} says")
+  return pixels
