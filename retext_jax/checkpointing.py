@@ -15,9 +15,12 @@ only when none reads is it an error.
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import os
 import shutil
 import signal
+import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +47,48 @@ def _manager(path: str, keep: int, best_metric: str | None = None) -> ocp.Checkp
 
 class UnreadableCheckpoint(Exception):
   """One checkpoint failed to read; the message names its folder, the step and the cause."""
+
+
+def _silence_abandoned_reads() -> None:
+  """When one array of a checkpoint fails to read, orbax stops waiting for the others; their
+  reads fail later on a closed event loop and Python prints each as an ignored exception
+  (thousands of traceback lines for one damaged file, some before the restore even returns).
+  Installed before every restore: drops those (orbax's read coroutines, asyncio's "Event loop
+  is closed", orbax tasks never retrieved), so a damaged checkpoint shows as the one line
+  naming it; any other ignored exception still prints."""
+  if getattr(sys.unraisablehook, "_retext_quiet", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    code = getattr(unraisable.object, "cr_code", None)
+    from_orbax = code is not None and "/orbax/" in code.co_filename
+    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and \
+        str(unraisable.exc_value) == "Event loop is closed"
+    if not (from_orbax or closed_loop):
+      previous(unraisable)
+
+  hook._retext_quiet = True
+  sys.unraisablehook = hook
+  asyncio_logger = std_logging.getLogger("asyncio")
+  if _not_orbax_leftover not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_not_orbax_leftover)
+
+
+def _not_orbax_leftover(record: std_logging.LogRecord) -> bool:
+  return not _orbax_leftover(record)
+
+
+def _orbax_leftover(record: std_logging.LogRecord) -> bool:
+  """asyncio's "... exception was never retrieved" for one of orbax's reads: a task or gathering
+  of its coroutines, or a TensorStore future of a checkpoint's (OCDBT) files."""
+  message = record.getMessage()
+  if "exception was never retrieved" not in message:
+    return False
+  exc = record.exc_info[1] if record.exc_info else None
+  frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+  return any(mark in message for mark in ("/orbax/", "OCDBT database")) or \
+      any("/orbax/" in f.filename for f in frames)
 
 
 def _root_cause(e: BaseException) -> str:
@@ -130,6 +175,7 @@ class Checkpointer:
       raise errors.MissingFileError(f"no checkpoint under {mgr.directory}")
     folder = os.path.join(str(mgr.directory), str(step))
     _check_fits(folder, abstract_state)
+    _silence_abandoned_reads()
     try:
       with _absl_level(logging.ERROR):
         out = mgr.restore(step, args=ocp.args.Composite(
@@ -254,6 +300,7 @@ def _read_variables(folder: str, step: int, keys: tuple[str, ...]) -> tuple[dict
   abstract = jax.tree_util.tree_map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
       {k: tree[k] for k in present})
+  _silence_abandoned_reads()
   try:
     with _absl_level(logging.ERROR):
       variables = ocp.PyTreeCheckpointer().restore(

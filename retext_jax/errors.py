@@ -54,5 +54,6 @@ def report(e: BaseException) -> int:
   (call inside the `except` block)."""
   if os.environ.get("RETEXT_TRACEBACK"):
     raise e
-  print(f"error: {e}", file=sys.stderr)
+  sys.stderr.write(f"error: {e}\n")  # one write: a line of its own even if threads print too
+  sys.stderr.flush()
   return 2

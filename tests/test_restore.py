@@ -135,3 +135,40 @@ def test_every_tool_runs_on_the_stripped_workdir(stripped, tmp_path, capsys):
       assert rc == 2, main.__module__
       line = _error(capsys)
       assert f"{method} model" in line and ("offers no" in line or "no reconstruction" in line)
+
+
+def test_abandoned_orbax_reads_are_dropped_and_other_ignored_exceptions_still_print(monkeypatch):
+  """The filter installed before a restore drops only what orbax leaves behind after a failed
+  read; any other exception Python ignores reaches the previous hook."""
+  import logging
+  import types
+
+  from retext_jax import checkpointing
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+  checkpointing._silence_abandoned_reads()
+  checkpointing._silence_abandoned_reads()  # installed once
+
+  def unraisable(exc, obj):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                             exc_traceback=None, err_msg=None, object=obj))
+
+  orbax_read = types.SimpleNamespace(cr_code=types.SimpleNamespace(
+      co_filename="/site-packages/orbax/checkpoint/_src/serialization/serialization.py"))
+  ours = types.SimpleNamespace(cr_code=types.SimpleNamespace(co_filename="/src/retext_jax/x.py"))
+  unraisable(Exception("Encountered error while reading array index"), orbax_read)
+  unraisable(RuntimeError("Event loop is closed"), None)
+  kept = [ValueError("a real bug"), RuntimeError("another runtime error")]
+  unraisable(kept[0], ours)
+  unraisable(kept[1], None)
+  assert seen == kept
+
+  def record(message, exc=None):
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                             (type(exc), exc, None) if exc else None)
+
+  never = "Future exception was never retrieved\nfuture: <Future finished exception=ValueError("
+  assert checkpointing._orbax_leftover(record(never + "'OUT_OF_RANGE: ... in OCDBT database')>"))
+  assert not checkpointing._orbax_leftover(record(never + "'something of ours')>"))
+  assert not checkpointing._orbax_leftover(record("Unclosed client session /orbax/"))

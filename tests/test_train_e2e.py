@@ -275,6 +275,7 @@ def test_damaged_checkpoints_fall_back_or_fail_in_one_line(tmp_path, cache):
   warned = [x for x in out.stderr.splitlines() if "checkpoint unreadable" in x]
   assert len(warned) == 1 and "checkpoints/4: " in warned[0], out.stderr[-3000:]
   assert "falling back to step 2" in warned[0] and f"resumed from {wd} at step 2" in out.stderr
+  assert "Traceback" not in ev.stderr + out.stderr, (ev.stderr + out.stderr)[-3000:]
   assert _steps(wd) == [4, 6] and os.path.isdir(f"{wd}/checkpoints/4.unreadable")
   for step in _steps(wd):
     _damage(f"{wd}/checkpoints/{step}")
@@ -285,9 +286,8 @@ def test_damaged_checkpoints_fall_back_or_fail_in_one_line(tmp_path, cache):
     bad = _run(NO_TEXT, wd, cache, *extra, check=False)
     errors = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-3000:]
-    # No traceback through this project's code. (orbax's TensorStore threads still print
-    # "Event loop is closed" tracebacks of their own after a failed read: a known gap.)
-    assert expected in errors[0] and 'retext_jax/' not in bad.stderr.partition("Traceback")[2]
+    # One line: no traceback, ours or of the reads orbax abandons after the first failure.
+    assert expected in errors[0] and "Traceback" not in bad.stderr, bad.stderr[-3000:]
 
 
 def test_sigterm_saves_current_step(tmp_path, cache):
