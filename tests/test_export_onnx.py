@@ -1,6 +1,7 @@
 """`tools.export --format onnx`: onnxruntime runs the exported extractor and gives the framework's
-features (the trained tiny ReText through the tool, on real images; the BoT ViT and the CLIP-SCGI
-image tower in memory, on random pixels), at several batch sizes from one model."""
+features (the trained tiny ReText through the tool, on real images; the BoT ViT, the CLIP-SCGI
+image tower and the IRRA / LCR²S image tower in memory, on random pixels), at several batch sizes
+from one model."""
 
 import importlib
 import json
@@ -88,6 +89,7 @@ def _in_memory(name, **model_overrides):
 @pytest.mark.parametrize("name, overrides", [
     ("bot", dict(depth=2)),  # the Re-ID ViT (conv stem) through the BN neck
     ("clip_scgi", dict(depth=1)),  # the CLIP image tower (patch stem, pre-LN, QuickGELU)
+    ("irra", dict(depth=2)),  # the text-retrieval image tower (LCR²S's too): its embedding
 ])
 def test_each_image_tower_exports_to_onnx(name, overrides, tmp_path):
   model = _in_memory(name, **overrides)
