@@ -12,11 +12,11 @@ Writes <out>/extractor.jax_exported and <out>/preprocessing.json. Use it without
 
 or `retext_jax.export.load_extractor(out)`. `--format saved_model` writes a TF SavedModel instead
 (`tf.saved_model.load(out).signatures["serving_default"](pixels=...)["features"]`), and
-`--format onnx` <out>/extractor.onnx through jax2onnx (pip install 'jax2onnx==0.13.0' onnx
-onnxruntime), input `pixels`, output `features`, batch dimension free:
+`--format onnx` <out>/extractor.onnx through jax2onnx (pip install -e '.[onnx]'), input
+`pixels`, output `features`, batch dimension free:
 
   import onnxruntime
-  sess = onnxruntime.InferenceSession("exported/demo/extractor.onnx")
+  sess = onnxruntime.InferenceSession("workdirs/demo/onnx/extractor.onnx")
   feats = sess.run(["features"], {"pixels": pixels})[0]  # pixels as above, float32
 
 or `retext_jax.export.load_onnx_extractor(out)`. Every format gives the framework's features
