@@ -1,12 +1,12 @@
 r"""Exports a trained feature extractor with `jax.export` (serialized StableHLO, weights inside).
 
-  python -m retext_jax.tools.export --workdir workdirs/demo --out exported/demo \
+  python -m retext_jax.tools.export --workdir workdirs/demo --out workdirs/demo/exported \
       --platforms cpu,cuda
 
 Writes <out>/extractor.jax_exported and <out>/preprocessing.json. Use it without this package:
 
   import jax
-  with open("exported/demo/extractor.jax_exported", "rb") as f:
+  with open("workdirs/demo/exported/extractor.jax_exported", "rb") as f:
     exp = jax.export.deserialize(bytearray(f.read()))
   feats = exp.call(pixels)  # float32 [b, H, W, 3] RGB in [0, 255], resized per preprocessing.json
 
